@@ -1,0 +1,1 @@
+"""The Flyte v2 Actions Service: service, store backends and the watch fan-out."""

@@ -1,0 +1,1 @@
+"""Store backends with Kubernetes semantics behind one interface."""
