@@ -1,0 +1,7 @@
+"""Shared test set-up: generated test-service code on the import path."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "gen"))
