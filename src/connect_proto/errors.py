@@ -10,6 +10,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 
@@ -90,4 +91,20 @@ class RpcError(Exception):
         super().__init__(self.code, self.message)
 
     def __str__(self) -> str:
-        return f"{self.code.connect_name}: {self.message}" if self.message else self.code.connect_name
+        return (
+            f"{self.code.connect_name}: {self.message}" if self.message else self.code.connect_name
+        )
+
+
+def detail_as_any(detail: Message) -> any_pb2.Any:
+    """An error detail as ``google.protobuf.Any`` (details may be given packed or not)."""
+    if isinstance(detail, any_pb2.Any):
+        return detail
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    return packed
+
+
+def detail_type_name(detail: any_pb2.Any) -> str:
+    """The fully-qualified message name of a packed detail (type URL minus its prefix)."""
+    return detail.type_url.rsplit("/", 1)[-1]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from connect_proto.b64 import decode_lenient, encode_unpadded
+
 
 class Headers:
     __slots__ = ("_items",)
@@ -57,3 +59,16 @@ class Headers:
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
+
+
+def encode_binary_value(value: bytes) -> str:
+    """A ``-bin`` metadata value: base64, emitted unpadded."""
+    return encode_unpadded(value)
+
+
+def decode_binary_values(values: Iterable[str]) -> list[bytes]:
+    """Decode ``-bin`` metadata: repeated lines and comma-joined values, padded or not.
+
+    Raises ValueError on invalid base64.
+    """
+    return [decode_lenient(part) for value in values for part in value.split(",") if part.strip()]
