@@ -71,12 +71,18 @@ class Store(Protocol):
         self,
         send: trio.MemorySendChannel[WatchEvent],
         *,
+        since: str | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The single change stream: runs until cancelled, sending every ADDED, MODIFIED
         and DELETED event in the order the store applied them. ``send`` applies
         backpressure. Calls ``task_status.started()`` once it is following changes, so
-        that a caller that waited for it misses nothing written afterwards."""
+        that a caller that waited for it misses nothing written afterwards.
+
+        ``since`` (a resourceVersion, e.g. a list's) resumes: exactly the changes after
+        it are sent. Raises Gone (before ``started()`` or later, if the stream falls
+        behind the retained change log) when those changes are no longer held; the
+        caller then re-lists and resumes from the new list's resourceVersion."""
         ...
 
     async def latest(self, name: str) -> KubeObject | None:
@@ -84,5 +90,4 @@ class Store(Protocol):
         None if it is gone."""
         ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...

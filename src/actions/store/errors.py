@@ -23,6 +23,11 @@ class OwnerTerminating(StoreError):
     """The owner named in ownerReferences is being deleted."""
 
 
+class Invalid(StoreError):
+    """The object breaks a rule the API server enforces (HTTP 422 / 400): a bad name,
+    label or ownerReference, a resourceVersion on create, none on update_status."""
+
+
 class Gone(StoreError):
     """A watch asked for a resourceVersion older than the retained history (HTTP 410)."""
 

@@ -1,0 +1,322 @@
+"""The Kubernetes backend's informer: ONE list+watch of the namespace, in one thread.
+
+The thread lists, then watches from the list's resourceVersion with bookmarks on. A watch
+that ends (server timeout) or drops (network) is resumed from the last resourceVersion
+seen, after a jittered exponential backoff when it failed. On 410 Gone it re-lists and
+emits the differences against its cache (new objects ADDED, changed ones MODIFIED,
+vanished ones DELETED carrying the list's resourceVersion), so consumers converge without
+restarting.
+
+Every event updates the cache (read by ``latest()``) and is appended to a bounded history
+(for ``run_events(since=...)``) under one lock; then it is handed to each registered sink
+with ``trio.from_thread.run``, which blocks this thread until the sink's channel accepts
+it: consumer backpressure reaches the watch, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import trio
+from kubernetes import client, watch
+
+from actions.store import _meta
+from actions.store._kube_client import Backoff, ClientSettings, TokenBucket, call, translate
+from actions.store._meta import copy_json
+from actions.store.base import KubeObject, WatchEvent
+from actions.store.errors import Gone, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_LIST_PAGE = 500
+
+
+def _rv(obj: KubeObject) -> int:
+    return int(obj["metadata"]["resourceVersion"])
+
+
+class Sink:
+    """One ``run_events`` consumer, as seen from the informer thread."""
+
+    def __init__(self, send: trio.MemorySendChannel[WatchEvent], since: int) -> None:
+        self.send = send
+        self.since = since  # events at or below it were already seen by the consumer
+        self.ready = trio.Event()  # set once the replayed backlog has been sent
+        self.closed = False
+        self._scopes: set[trio.CancelScope] = set()
+
+    async def deliver(self, event: WatchEvent) -> None:
+        """Runs in trio (called through ``trio.from_thread.run``)."""
+        if self.closed:
+            return
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                await self.ready.wait()  # live events queue up behind the backlog
+                if not self.closed:
+                    await self.send.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.closed = True
+            finally:
+                self._scopes.discard(scope)
+
+    def close(self) -> None:
+        """Trio side: stop accepting, and free the thread if it is blocked on us."""
+        self.closed = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+
+class Informer:
+    def __init__(
+        self,
+        api: client.CustomObjectsApi,
+        namespace: str,
+        settings: ClientSettings,
+        bucket: TokenBucket,
+        trio_token: trio.lowlevel.TrioToken,
+        *,
+        history: int,
+    ) -> None:
+        self._api = api
+        self._namespace = namespace
+        self._settings = settings
+        self._bucket = bucket
+        self._token = trio_token
+        self._history_size = history
+        self._lock = threading.Lock()
+        self._cache: dict[str, KubeObject] = {}
+        self._history: deque[WatchEvent] = deque()
+        self._floor: int | None = None  # every change after it is in _history
+        self._sinks: set[Sink] = set()
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._listed = threading.Event()
+        self._position: str | None = None  # resourceVersion to watch from; None: re-list
+        self.synced = False
+        self.api_reachable = False
+        self.last_error: str | None = None
+        self.relists = 0
+        self._thread = threading.Thread(
+            target=self._run, name=f"taskaction-informer-{namespace}", daemon=True
+        )
+
+    # -- trio side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_listed(self, timeout: float) -> bool:
+        """Blocking: call from a worker thread."""
+        return self._listed.wait(timeout)
+
+    def get(self, name: str) -> KubeObject | None:
+        with self._lock:
+            obj = self._cache.get(name)
+        return None if obj is None else copy_json(obj)
+
+    def register(self, sink: Sink, since: int | None) -> list[WatchEvent]:
+        """Add a sink; returns the backlog of events after ``since`` it must get first."""
+        with self._lock:
+            if since is None:
+                backlog: list[WatchEvent] = []
+            else:
+                if self._floor is None or since < self._floor:
+                    raise Gone(f"too old resource version: {since} ({self._floor})")
+                backlog = [e for e in self._history if _rv(e.object) > since]
+            self._sinks.add(sink)
+        return backlog
+
+    def unregister(self, sink: Sink) -> None:
+        with self._lock:
+            self._sinks.discard(sink)
+        sink.close()
+
+    def request_stop(self) -> None:
+        """Ask the thread to end; repeat until it has (a stop racing the start of a
+        watch request is otherwise only noticed when that request ends)."""
+        self._stop.set()
+        with self._lock:
+            current, sinks = self._watch, list(self._sinks)
+        for sink in sinks:
+            sink.close()
+        if current is not None:
+            current.stop()  # shuts the socket down: the blocked read returns at once
+
+    def join(self, timeout: float) -> bool:
+        """Blocking: call from a worker thread. True once the thread has ended."""
+        if self._thread.ident is None:
+            return True  # never started
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                if self._position is None:
+                    self._position = self._relist()
+                    backoff.reset()
+                elif not self.api_reachable:
+                    self._probe()  # resume from the last rv, but say "reachable" at once
+                self._follow()
+                self.api_reachable = True  # the request ended cleanly (server timeout)
+                backoff.reset()
+            except trio.RunFinishedError:
+                return  # the trio run that owns us is gone
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                # call() already translated; Watch.stream raises client errors directly.
+                error = exc if isinstance(exc, StoreError) else translate(exc)
+                if isinstance(error, Gone):
+                    log.info("watch of %s expired; re-listing", self._namespace)
+                    self.synced = False
+                    self._position = None
+                    continue
+                self.last_error = str(error or exc)
+                if isinstance(error, StoreUnavailable):
+                    self.api_reachable = False
+                log.warning("watch of %s failed: %s", self._namespace, self.last_error)
+                self._stop.wait(backoff.next_delay())
+
+    def _throttle(self) -> None:
+        delay = self._bucket.reserve()
+        if delay:
+            self._stop.wait(delay)
+
+    def _probe(self) -> None:
+        self._throttle()
+        call(
+            self._api.list_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self._namespace,
+            _meta.PLURAL,
+            limit=1,
+            _request_timeout=self._settings.timeouts,
+        )
+        self.api_reachable = True
+        self.last_error = None
+
+    def _relist(self) -> str:
+        items: dict[str, KubeObject] = {}
+        token: str | None = None
+        while True:  # pages of one snapshot: same list resourceVersion throughout
+            self._throttle()
+            kwargs: dict[str, Any] = {"limit": _LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            page = call(
+                self._api.list_namespaced_custom_object,
+                _meta.GROUP,
+                _meta.VERSION,
+                self._namespace,
+                _meta.PLURAL,
+                _request_timeout=self._settings.timeouts,
+                **kwargs,
+            )
+            for item in page.get("items") or []:
+                items[item["metadata"]["name"]] = item
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                break
+        list_rv: str = page["metadata"]["resourceVersion"]
+        with self._lock:
+            old = self._cache
+            self._cache = items
+            first = not self._listed.is_set()
+            changes = [] if first else _differences(old, items, list_rv)
+            # The changes between the old watch position and this list are lost: resuming
+            # from before the list is no longer possible.
+            self._history.clear()
+            self._floor = int(list_rv)
+            sinks = list(self._sinks)
+        self.relists += 0 if first else 1
+        self.api_reachable = True
+        self.synced = True
+        self._listed.set()
+        for event in changes:
+            self._hand_out(event, sinks)
+        return list_rv
+
+    def _follow(self) -> None:
+        """One watch request from ``_position``, advancing it with every event and bookmark
+        (kept on self, so a request that fails midway resumes after the last event)."""
+        assert self._position is not None
+        w = watch.Watch()
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._watch = w
+        self._throttle()
+        stream = w.stream(
+            self._api.list_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self._namespace,
+            _meta.PLURAL,
+            resource_version=self._position,
+            allow_watch_bookmarks=True,
+            # With a timeout the client never retries by itself (and raises 410 at once),
+            # so this loop owns every reconnect decision.
+            timeout_seconds=self._settings.watch_timeout,
+            _request_timeout=self._settings.watch_read_timeout,
+        )
+        for raw in stream:
+            self.api_reachable = True
+            if raw is None:  # a line that was not JSON
+                continue
+            event_type = raw.get("type")
+            obj = raw.get("raw_object")
+            if not isinstance(obj, dict):
+                continue
+            if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                self._apply(WatchEvent(event_type, obj))
+            elif event_type != "BOOKMARK":
+                continue
+            self._position = obj["metadata"]["resourceVersion"]
+            if self._stop.is_set():
+                break
+
+    def _apply(self, event: WatchEvent) -> None:
+        with self._lock:
+            if event.type == "DELETED":
+                self._cache.pop(event.name, None)
+            else:
+                # Its own copy: consumers may mutate the event's object.
+                self._cache[event.name] = copy_json(event.object)
+            self._history.append(event)
+            while len(self._history) > self._history_size:
+                self._floor = _rv(self._history.popleft().object)
+            sinks = list(self._sinks)
+        self._hand_out(event, sinks)
+
+    def _hand_out(self, event: WatchEvent, sinks: list[Sink]) -> None:
+        rv = _rv(event.object)
+        for sink in sinks:
+            if not sink.closed and rv > sink.since:
+                trio.from_thread.run(sink.deliver, event, trio_token=self._token)
+
+
+def _differences(
+    old: dict[str, KubeObject], new: dict[str, KubeObject], list_rv: str
+) -> list[WatchEvent]:
+    """What a consumer of the lost watch events needs to reach the listed state."""
+    changes = [
+        WatchEvent("MODIFIED" if name in old else "ADDED", obj)
+        for name, obj in new.items()
+        if name not in old
+        or old[name]["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]
+    ]
+    changes.sort(key=lambda e: _rv(e.object))
+    for name in sorted(old.keys() - new.keys()):
+        gone = copy_json(old[name])
+        gone["metadata"]["resourceVersion"] = list_rv  # deleted at or before the list
+        changes.append(WatchEvent("DELETED", gone))
+    return changes

@@ -1,0 +1,148 @@
+"""Object metadata rules shared by the backends: what the API server owns and checks.
+
+The embedded store applies these itself; the Kubernetes backend relies on the real API
+server but reuses the constants and the error texts, so both backends fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from actions.store.base import KubeObject
+from actions.store.errors import Invalid
+
+GROUP = "flyte.org"
+VERSION = "v1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TaskAction"
+PLURAL = "taskactions"
+RESOURCE = f"{PLURAL}.{GROUP}"
+
+FOREGROUND_FINALIZER = "foregroundDeletion"
+ORPHAN_FINALIZER = "orphan"
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def copy_json(obj: Any) -> Any:
+    """A deep copy that also proves the value is plain JSON (what the API server stores)."""
+    return json.loads(dumps(obj))
+
+
+def now_timestamp() -> str:
+    """RFC 3339, UTC, whole seconds: the API server's metadata timestamp format."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def not_found_message(name: str) -> str:
+    return f'{RESOURCE} "{name}" not found'
+
+
+def already_exists_message(name: str, *, being_deleted: bool = False) -> str:
+    prefix = "object is being deleted: " if being_deleted else ""
+    return f'{prefix}{RESOURCE} "{name}" already exists'
+
+
+def conflict_message(name: str) -> str:
+    return (
+        f'Operation cannot be fulfilled on {RESOURCE} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again"
+    )
+
+
+def is_dns_subdomain(value: str) -> bool:
+    return len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value) is not None
+
+
+def _check_qualified_name(key: str, what: str) -> None:
+    prefix, sep, name = key.rpartition("/")
+    if sep and not (prefix and is_dns_subdomain(prefix)):
+        raise Invalid(f"{what} {key!r}: prefix must be a DNS-1123 subdomain")
+    if not (0 < len(name) <= 63 and _LABEL_NAME.fullmatch(name)):
+        raise Invalid(f"{what} {key!r}: name part must be a qualified name of at most 63 chars")
+
+
+def validate_labels(labels: Any) -> None:
+    if not isinstance(labels, dict):
+        raise Invalid("metadata.labels must be a map of strings")
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise Invalid("metadata.labels must be a map of strings")
+        _check_qualified_name(key, "label key")
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+            raise Invalid(f"label value {value!r} of {key!r} is not a valid label value")
+
+
+def validate_annotations(annotations: Any) -> None:
+    if not isinstance(annotations, dict):
+        raise Invalid("metadata.annotations must be a map of strings")
+    for key, value in annotations.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise Invalid("metadata.annotations must be a map of strings")
+        _check_qualified_name(key, "annotation key")
+
+
+def validate_owner_references(refs: Any) -> None:
+    if not isinstance(refs, list):
+        raise Invalid("metadata.ownerReferences must be a list")
+    controllers = 0
+    for ref in refs:
+        if not isinstance(ref, dict):
+            raise Invalid("metadata.ownerReferences entries must be objects")
+        for field in ("apiVersion", "kind", "name", "uid"):
+            if not isinstance(ref.get(field), str) or not ref[field]:
+                raise Invalid(f"metadata.ownerReferences.{field}: Required value")
+        controllers += bool(ref.get("controller"))
+    if controllers > 1:
+        raise Invalid("metadata.ownerReferences: Only one reference can have Controller set")
+
+
+def validate_new_object(obj: KubeObject, namespace: str) -> None:
+    """The checks the API server runs on a create body (sections 2.1, 2.2, 2.7, 2.9).
+
+    The embedded store runs them so that code that works on it does not fail later
+    against a real cluster.
+    """
+    if not isinstance(obj, dict):
+        raise Invalid("object must be a mapping")
+    if obj.get("kind") != KIND:
+        raise Invalid(f"kind must be {KIND!r}, got {obj.get('kind')!r}")
+    if obj.get("apiVersion") != API_VERSION:
+        raise Invalid(f"apiVersion must be {API_VERSION!r}, got {obj.get('apiVersion')!r}")
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        raise Invalid("metadata is required")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise Invalid("metadata.name: Required value: name or generateName is required")
+    if not is_dns_subdomain(name):
+        raise Invalid(f"metadata.name: Invalid value: {name!r}: must be a DNS-1123 subdomain")
+    if meta.get("namespace") not in (None, "", namespace):
+        raise Invalid(
+            f"the namespace of the object ({meta['namespace']}) does not match the "
+            f"namespace of the store ({namespace})"
+        )
+    if meta.get("resourceVersion"):
+        # Upstream answers 500 here; code that re-creates a fetched dict must strip it.
+        raise Invalid("resourceVersion should not be set on objects to be created")
+    validate_labels(meta.get("labels") or {})
+    validate_annotations(meta.get("annotations") or {})
+    validate_owner_references(meta.get("ownerReferences") or [])
+    finalizers = meta.get("finalizers") or []
+    if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+        raise Invalid("metadata.finalizers must be a list of strings")
+
+
+def label_selector(labels: dict[str, str]) -> str:
+    """Equality-only label selector text, as the API server parses it."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))

@@ -1,0 +1,320 @@
+"""The Kubernetes backend: TaskAction custom resources through the official client.
+
+- Requests go through ``CustomObjectsApi`` (group flyte.org, version v1, plural
+  taskactions) in worker threads (``trio.to_thread.run_sync`` with a limiter sized to the
+  connection pool), after a client-side token bucket (qps/burst, as client-go) and with
+  (connect, read) timeouts.
+- The namespace is checked once in ``open`` (and created when missing, if allowed).
+- ONE watch for the namespace runs in the informer thread (``_informer``); it feeds the
+  ``latest()`` cache and every ``run_events`` channel.
+- Errors come out as ``actions.store.errors``: 409 is split into AlreadyExists and
+  Conflict by the Status reason; unreachable or failing servers are StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+from kubernetes import client
+
+from actions.store import _meta
+from actions.store._informer import Informer, Sink
+from actions.store._kube_client import (
+    ClientSettings,
+    TokenBucket,
+    call,
+    ensure_namespace,
+    load_configuration,
+)
+from actions.store.base import KubeObject, PropagationPolicy, WatchEvent
+from actions.store.errors import Invalid, NotFound, OwnerTerminating, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ClientSettings", "KubernetesStore"]
+
+
+class KubernetesStore:
+    """A ``Store`` on a Kubernetes API server. Create it with ``await KubernetesStore.open()``."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        api_client: client.ApiClient,
+        owns_client: bool,
+        settings: ClientSettings,
+        history: int,
+    ) -> None:
+        self.namespace = namespace
+        self._owns_client = owns_client
+        self._settings = settings
+        self._api_client = api_client
+        self._api = client.CustomObjectsApi(api_client)
+        self._bucket = TokenBucket(settings.qps, settings.burst)
+        self._limiter = trio.CapacityLimiter(settings.max_concurrent_requests)
+        self._informer = Informer(
+            self._api,
+            namespace,
+            settings,
+            self._bucket,
+            trio.lowlevel.current_trio_token(),
+            history=history,
+        )
+        self._closed = trio.Event()
+
+    @classmethod
+    async def open(
+        cls,
+        namespace: str = "flyte",
+        *,
+        settings: ClientSettings | None = None,
+        api_client: client.ApiClient | None = None,
+        create_namespace: bool = True,
+        history: int = 10_000,
+        sync_timeout: float = 30.0,
+    ) -> KubernetesStore:
+        """Connect, check the namespace, start the watch, and wait for its first list.
+
+        ``api_client`` overrides the configuration ``settings`` would load (kubeconfig or
+        in-cluster). ``history`` is how many recent events ``run_events(since=...)`` can
+        replay. Raises StoreUnavailable when the API server cannot be reached within
+        ``sync_timeout`` or the namespace is missing and cannot be created.
+        """
+        settings = settings or ClientSettings()
+        owns_client = api_client is None
+        if api_client is None:
+            configuration = await trio.to_thread.run_sync(load_configuration, settings)
+            api_client = client.ApiClient(configuration)
+        store = cls(
+            namespace=namespace,
+            api_client=api_client,
+            owns_client=owns_client,
+            settings=settings,
+            history=history,
+        )
+        try:
+            await store._check_namespace(create_namespace)
+            store._informer.start()
+            listed = await trio.to_thread.run_sync(
+                store._informer.wait_listed, sync_timeout, abandon_on_cancel=True
+            )
+            if not listed:
+                raise StoreUnavailable(
+                    f"could not list taskactions in {namespace!r} within {sync_timeout}s: "
+                    f"{store._informer.last_error}"
+                )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+            raise
+        return store
+
+    # -- readiness --------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        """The cache holds a complete list and the watch follows it."""
+        return self._informer.synced
+
+    @property
+    def api_reachable(self) -> bool:
+        """The watch's last contact with the API server succeeded."""
+        return self._informer.api_reachable
+
+    @property
+    def ready(self) -> bool:
+        return self.synced and self.api_reachable
+
+    @property
+    def last_error(self) -> str | None:
+        return self._informer.last_error
+
+    @property
+    def relists(self) -> int:
+        """How often the watch had to re-list (410 Gone) since start-up: a health metric."""
+        return self._informer.relists
+
+    # -- requests ---------------------------------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._closed.is_set():
+            raise StoreUnavailable("the store is closed")
+        delay = self._bucket.reserve()
+        if delay:
+            await trio.sleep(delay)
+        kwargs.setdefault("_request_timeout", self._settings.timeouts)
+        return await trio.to_thread.run_sync(
+            partial(call, fn, *args, **kwargs), limiter=self._limiter
+        )
+
+    async def _check_namespace(self, create: bool) -> None:
+        timeouts = self._settings.timeouts
+        ensure = partial(ensure_namespace, self._api_client, self.namespace, create, timeouts)
+        await trio.to_thread.run_sync(ensure, limiter=self._limiter)
+
+    async def create(self, obj: KubeObject) -> KubeObject:
+        _meta.validate_new_object(obj, self.namespace)
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            await self._check_owner(ref)
+        body = _meta.copy_json(obj)
+        body["metadata"]["namespace"] = self.namespace
+        return await self._call(
+            self._api.create_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self.namespace,
+            _meta.PLURAL,
+            body,
+        )
+
+    async def _check_owner(self, ref: dict[str, Any]) -> None:
+        """The API server accepts a dangling owner (its GC then collects the new object);
+        the Store contract wants NotFound / OwnerTerminating instead. Asked of the server,
+        not the cache: a lagging cache could still show an owner that was just deleted
+        or replaced."""
+        try:
+            owner = await self.get(ref["name"])
+        except NotFound:
+            raise NotFound(f"owner {_meta.not_found_message(ref['name'])}") from None
+        if owner["metadata"]["uid"] != ref["uid"]:
+            raise NotFound(f"owner {_meta.not_found_message(ref['name'])} (uid changed)")
+        if owner["metadata"].get("deletionTimestamp"):
+            raise OwnerTerminating(f'owner {_meta.RESOURCE} "{ref["name"]}" is being deleted')
+
+    async def get(self, name: str) -> KubeObject:
+        return await self._call(
+            self._api.get_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self.namespace,
+            _meta.PLURAL,
+            name,
+        )
+
+    async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
+        _meta.validate_labels(labels)
+        selector = _meta.label_selector(labels)
+        items: list[KubeObject] = []
+        token: str | None = None
+        while True:  # pages of one snapshot, so one resourceVersion for the whole list
+            kwargs: dict[str, Any] = {"limit": 500}
+            if selector:
+                kwargs["label_selector"] = selector
+            if token:
+                kwargs["_continue"] = token
+            page = await self._call(
+                self._api.list_namespaced_custom_object,
+                _meta.GROUP,
+                _meta.VERSION,
+                self.namespace,
+                _meta.PLURAL,
+                **kwargs,
+            )
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items, page["metadata"]["resourceVersion"]
+
+    async def update_status(self, obj: KubeObject) -> KubeObject:
+        meta = obj.get("metadata") or {}
+        if not meta.get("resourceVersion"):
+            raise Invalid("metadata.resourceVersion: must be specified for an update")
+        return await self._call(
+            self._api.replace_namespaced_custom_object_status,
+            _meta.GROUP,
+            _meta.VERSION,
+            self.namespace,
+            _meta.PLURAL,
+            meta["name"],
+            obj,
+        )
+
+    async def patch_annotations(self, name: str, annotations: dict[str, str]) -> KubeObject:
+        _meta.validate_annotations(annotations)
+        if not annotations:
+            return await self.get(name)  # nothing to merge; no write, as in the embedded store
+        # A dict body goes out as a JSON merge patch (the client's default for CRs).
+        return await self._call(
+            self._api.patch_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self.namespace,
+            _meta.PLURAL,
+            name,
+            {"metadata": {"annotations": annotations}},
+        )
+
+    async def delete(self, name: str, propagation: PropagationPolicy = "Background") -> None:
+        if propagation not in ("Background", "Foreground", "Orphan"):
+            raise Invalid(f"propagationPolicy: Unsupported value: {propagation!r}")
+        # Explicit policy in the body (a body makes the server ignore query options).
+        await self._call(
+            self._api.delete_namespaced_custom_object,
+            _meta.GROUP,
+            _meta.VERSION,
+            self.namespace,
+            _meta.PLURAL,
+            name,
+            body={"propagationPolicy": propagation},
+        )
+
+    # -- cache and change stream --------------------------------------------------------
+
+    async def latest(self, name: str) -> KubeObject | None:
+        return self._informer.get(name)
+
+    async def run_events(
+        self,
+        send: trio.MemorySendChannel[WatchEvent],
+        *,
+        since: str | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._closed.is_set():
+            raise StoreUnavailable("the store is closed")
+        if since is not None and not since.isdigit():
+            raise Invalid(f"resourceVersion: Invalid value: {since!r}")
+        if since is None:
+            # "From now": the watch may still be delivering writes made before this call;
+            # the API server's current resourceVersion tells them apart, so run_events
+            # starts exactly where the embedded store's does.
+            now = await self._call(
+                self._api.list_namespaced_custom_object,
+                _meta.GROUP,
+                _meta.VERSION,
+                self.namespace,
+                _meta.PLURAL,
+                limit=1,
+            )
+            sink = Sink(send, int(now["metadata"]["resourceVersion"]))
+            backlog = self._informer.register(sink, None)
+        else:
+            sink = Sink(send, int(since))
+            backlog = self._informer.register(sink, int(since))
+        try:
+            task_status.started()
+            for event in backlog:
+                await send.send(event)
+            sink.ready.set()
+            await self._closed.wait()
+            raise StoreUnavailable("the store was closed")
+        finally:
+            self._informer.unregister(sink)
+
+    # -- shutdown -----------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with trio.move_on_after(10):
+            while True:
+                self._informer.request_stop()
+                if await trio.to_thread.run_sync(self._informer.join, 0.1):
+                    break
+        if self._owns_client:
+            await trio.to_thread.run_sync(self._api_client.close)
