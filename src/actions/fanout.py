@@ -1,0 +1,307 @@
+"""The watch fan-out: one store change stream, N ordered workers, many bounded subscribers.
+
+::
+
+    store.run_events ──> dispatcher ──FNV-1a(name) mod N──> worker i ──> subscribers of
+                                                                       (org, project,
+                                                                        domain, run, parent)
+
+- One action's events always go to the same worker, which handles them one at a time, so
+  its updates reach every stream in store order.
+- An event for an object that already waits in its worker is merged into that entry: the
+  worker reads the freshest state (``latest(name)``, or the DELETED event's object) when
+  it gets to it. A full worker channel blocks the dispatcher and so the store stream:
+  backpressure, nothing dropped.
+- Delivery to a stream never blocks a worker. Each subscription buffers at most
+  ``subscriber_buffer`` actions (a newer update for an action already buffered replaces
+  it); a stream that falls further behind is ended with UNAVAILABLE ("resync") and counted,
+  and its client reconnects for a fresh snapshot.
+- An idle subscription is one small object: no task, no channel; its buffer and wake-up
+  event are created when first needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import trio
+from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
+
+from actions import mapping
+from actions.metrics import FanOutMetrics
+from actions.naming import fnv1a_32
+from actions.store.base import KubeObject, WatchEvent
+from connect_proto.errors import Code, RpcError
+
+log = logging.getLogger(__name__)
+
+
+class EventSource(Protocol):
+    """The part of ``Store`` the fan-out uses."""
+
+    async def run_events(
+        self,
+        send: trio.MemorySendChannel[WatchEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None: ...
+
+    async def latest(self, name: str) -> KubeObject | None: ...
+
+
+class Subscription:
+    """One WatchForUpdates stream's place in the fan-out."""
+
+    __slots__ = ("_error", "_pending", "_wakeup", "capacity", "key", "min_rv")
+
+    def __init__(self, key: mapping.WatchKey, capacity: int) -> None:
+        self.key = key
+        self.capacity = capacity
+        # Updates at or below this resourceVersion are already in the stream's snapshot.
+        self.min_rv = 0
+        self._pending: OrderedDict[str, tuple[int, WatchForUpdatesResponse]] | None = None
+        self._wakeup: trio.Event | None = None
+        self._error: RpcError | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def buffered(self) -> int:
+        return len(self._pending) if self._pending else 0
+
+    def offer(self, action: str, rv: int, response: WatchForUpdatesResponse) -> bool | None:
+        """Buffer an update without blocking. Returns True when it was added, None when
+        it replaced an older update of the same action, False when the buffer is full."""
+        if self._error is not None:
+            return None
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = OrderedDict()
+        merged = action in pending
+        if not merged and len(pending) >= self.capacity:
+            return False
+        pending[action] = (rv, response)
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return None if merged else True
+
+    def fail(self, error: RpcError) -> None:
+        """End the stream with ``error`` at its next read; frees the buffer at once."""
+        if self._error is None:
+            self._error = error
+        self._pending = None
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def next_batch(self) -> list[WatchForUpdatesResponse]:
+        """Wait for buffered updates newer than the snapshot and take them all, in the
+        order their actions first became pending. Raises the stream's error, if any."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            pending = self._pending
+            if pending:
+                self._pending = None
+                min_rv = self.min_rv
+                batch = [resp for rv, resp in pending.values() if rv > min_rv]
+                if batch:
+                    return batch
+                continue
+            self._wakeup = trio.Event()
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._wakeup = None
+
+
+class _Worker:
+    __slots__ = ("pending", "receive", "send")
+
+    def __init__(self, capacity: int) -> None:
+        self.send, self.receive = trio.open_memory_channel[str](capacity)
+        # name -> the newest event not yet handled; a name is here iff it is in the channel
+        self.pending: dict[str, WatchEvent] = {}
+
+
+class FanOut:
+    """Feeds WatchForUpdates streams from a store's single change stream."""
+
+    def __init__(
+        self,
+        source: EventSource,
+        *,
+        namespace: str = "flyte",
+        workers: int = 10,
+        buffer_size: int = 100,
+        subscriber_buffer: int = 1000,
+        restart_delay: float = 1.0,
+        metrics: FanOutMetrics | None = None,
+    ) -> None:
+        if workers < 1 or buffer_size < 1 or subscriber_buffer < 1:
+            raise ValueError("workers, buffer_size and subscriber_buffer must be at least 1")
+        self._source = source
+        self.namespace = namespace
+        self._buffer_size = buffer_size
+        self._subscriber_buffer = subscriber_buffer
+        self._restart_delay = restart_delay
+        self._workers = [_Worker(buffer_size) for _ in range(workers)]
+        self._subscribers: dict[mapping.WatchKey, dict[Subscription, None]] = {}
+        self._running = False
+        self._closing = False
+        self.metrics = metrics or FanOutMetrics()
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running and not self._closing
+
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    def registry_size(self) -> int:
+        """Number of keys in the registry; 0 when no stream is open."""
+        return len(self._subscribers)
+
+    @contextmanager
+    def subscribe(self, key: mapping.WatchKey) -> Iterator[Subscription]:
+        """Register a stream for ``key`` for the duration of the ``with`` block; it is
+        removed on every exit path."""
+        if not self.running:
+            raise RpcError(Code.UNAVAILABLE, "watch fan-out is not running; retry")
+        sub = Subscription(key, self._subscriber_buffer)
+        self._subscribers.setdefault(key, {})[sub] = None
+        try:
+            yield sub
+        finally:
+            self._remove(sub)
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subscribers.get(sub.key)
+        if subs is not None:
+            subs.pop(sub, None)
+            if not subs:
+                del self._subscribers[sub.key]
+
+    def _resync(self, sub: Subscription, why: str) -> None:
+        self.metrics.subscriber_resyncs += 1
+        sub.fail(RpcError(Code.UNAVAILABLE, f"resync: {why}; reconnect for a fresh snapshot"))
+        self._remove(sub)
+
+    def resync_all(self, why: str) -> None:
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                self._resync(sub, why)
+
+    def shutdown(self) -> None:
+        """End every stream (UNAVAILABLE) and refuse new ones: the server is stopping."""
+        self._closing = True
+        for subs in list(self._subscribers.values()):
+            for sub in list(subs):
+                sub.fail(RpcError(Code.UNAVAILABLE, "server is shutting down"))
+                self._remove(sub)
+
+    # -- the pipeline ----------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run workers and the change stream until cancelled. ``started()`` once the store
+        stream follows changes, so that watches answered from then on miss nothing."""
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                nursery.start_soon(self._work, worker)
+            pending_status: list[trio.TaskStatus[None]] = [task_status]
+            while True:
+                try:
+                    await self._follow_source(pending_status)
+                    log.warning("store change stream ended; reopening")
+                except Exception:
+                    log.exception("store change stream failed; reopening")
+                finally:
+                    self._running = False
+                # Changes between the old stream and the new one are not replayed, so
+                # every stream must re-list.
+                self.metrics.source_restarts += 1
+                self.resync_all("store change stream restarted")
+                await trio.sleep(self._restart_delay)
+
+    async def _follow_source(self, pending_status: list[trio.TaskStatus[None]]) -> None:
+        send, receive = trio.open_memory_channel[WatchEvent](self._buffer_size)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._dispatch, receive)
+            await nursery.start(self._source_task, send)
+            self._running = True
+            while pending_status:  # report started() once, on the first successful open
+                pending_status.pop().started()
+
+    async def _source_task(
+        self,
+        send: trio.MemorySendChannel[WatchEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        async with send:
+            await self._source.run_events(send, task_status=task_status)
+
+    async def _dispatch(self, receive: trio.MemoryReceiveChannel[WatchEvent]) -> None:
+        workers = self._workers
+        count = len(workers)
+        metrics = self.metrics
+        async with receive:
+            async for event in receive:
+                metrics.events_received += 1
+                key = mapping.watch_key_of(event.object)
+                if key is None or key not in self._subscribers:
+                    # Safe to skip: a stream that subscribes later reads its snapshot
+                    # after subscribing, so after this (already committed) change.
+                    metrics.events_skipped += 1
+                    continue
+                name = event.name
+                worker = workers[fnv1a_32(name.encode()) % count]
+                if name in worker.pending:
+                    worker.pending[name] = event
+                    metrics.events_merged += 1
+                    continue
+                worker.pending[name] = event
+                await worker.send.send(name)
+
+    async def _work(self, worker: _Worker) -> None:
+        async for name in worker.receive:
+            event = worker.pending.pop(name)
+            try:
+                await self._handle(event)
+            except Exception:
+                self.metrics.worker_errors += 1
+                log.exception("watch worker failed on %s %s", event.type, name)
+
+    async def _handle(self, event: WatchEvent) -> None:
+        obj = event.object
+        key = mapping.watch_key_of(obj)
+        if key is None or key not in self._subscribers:
+            return
+        deleted = event.type == "DELETED"
+        if not deleted:
+            latest = await self._source.latest(event.name)
+            if latest is None:
+                return  # deleted meanwhile: its DELETED event follows
+            if mapping.resource_version(latest) >= mapping.resource_version(obj):
+                obj = latest
+        subs = self._subscribers.get(key)
+        if not subs:
+            return
+        response = mapping.watch_response(obj, self.namespace, deleted=deleted)
+        rv = mapping.resource_version(obj)
+        action = obj["spec"]["actionName"]
+        metrics = self.metrics
+        for sub in list(subs):
+            added = sub.offer(action, rv, response)
+            if added is False:
+                self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
+            elif added:
+                metrics.updates_delivered += 1
+            else:
+                metrics.updates_merged += 1

@@ -1,0 +1,170 @@
+"""Deterministic names for TaskAction objects: object names, label values, hashes, shards.
+
+Everything here is a pure function of its arguments, so the service, the fan-out and any
+later reader (an executor, ``kubectl``) derive the same names from the same identifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Final
+
+from flyteidl2.common.identifier_pb2 import ActionIdentifier, RunIdentifier
+
+GROUP: Final = "flyte.org"
+VERSION: Final = "v1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "TaskAction"
+
+LABEL_ORG: Final = "flyte.org/org"
+LABEL_PROJECT: Final = "flyte.org/project"
+LABEL_DOMAIN: Final = "flyte.org/domain"
+LABEL_RUN: Final = "flyte.org/run"
+LABEL_ACTION: Final = "flyte.org/action"
+LABEL_ACTION_TYPE: Final = "flyte.org/action-type"
+LABEL_IS_ROOT: Final = "flyte.org/is-root"
+LABEL_PARENT: Final = "flyte.org/parent"
+
+ANNOTATION_ABORT_REASON: Final = "flyte.org/abort-reason"
+ANNOTATION_ABORTED_BY: Final = "flyte.org/aborted-by"
+
+MAX_LABEL: Final = 63
+MAX_SUBDOMAIN: Final = 253
+HASH_LEN: Final = 10
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# An encoded part ends in "-" plus HASH_LEN hex digits. A valid part of that same shape is
+# encoded too, so an encoded part can never equal a passed-through one: this keeps the
+# mapping from identifiers to names injective (up to a collision of the hash itself).
+_LOOKS_ENCODED = re.compile(rf"-[0-9a-f]{{{HASH_LEN}}}$")
+_INVALID_RUN = re.compile(r"[^a-z0-9-]+")
+_DASHES = re.compile(r"-{2,}")
+
+_FNV_OFFSET: Final = 0x811C9DC5
+_FNV_PRIME: Final = 0x01000193
+_SHARD_CHARS: Final = "abcdefghijklmnopqrstuvwxyz0123456789"
+_SHARD_PAIRS: Final = tuple(a + b for a in _SHARD_CHARS for b in _SHARD_CHARS)
+
+
+def fnv1a_32(data: bytes) -> int:
+    """FNV-1a, 32 bits (Go's hash/fnv New32a)."""
+    h = _FNV_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def short_hash(value: str) -> str:
+    """A short, stable, lowercase-hex digest of ``value``."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:HASH_LEN]
+
+
+def is_dns_label(value: str) -> bool:
+    return len(value) <= MAX_LABEL and _DNS_LABEL.match(value) is not None
+
+
+def is_label_value(value: str) -> bool:
+    return len(value) <= MAX_LABEL and _LABEL_VALUE.match(value) is not None
+
+
+def _encode(value: str, max_len: int) -> str:
+    """``value`` lowered and cleaned, cut to fit, suffixed with a hash of the original."""
+    cleaned = _DASHES.sub("-", _INVALID_RUN.sub("-", value.lower())).strip("-")
+    cleaned = cleaned[: max_len - HASH_LEN - 1].rstrip("-")
+    # "x" keeps the "-<hash>" ending even when nothing printable is left.
+    return f"{cleaned or 'x'}-{short_hash(value)}"
+
+
+def name_part(value: str, max_len: int = MAX_LABEL) -> str:
+    """One dot-separated part of an object name: ``value`` itself when it is a DNS label
+    (readable in ``kubectl get``), otherwise its encoded form."""
+    if len(value) <= max_len and is_dns_label(value) and not _LOOKS_ENCODED.search(value):
+        return value
+    return _encode(value, max_len)
+
+
+def label_value(value: str) -> str:
+    """A label value for ``value``: itself when valid, otherwise encoded the same way."""
+    if is_label_value(value) and not _LOOKS_ENCODED.search(value):
+        return value
+    return _encode(value, MAX_LABEL)
+
+
+def object_name_for(org: str, project: str, domain: str, run: str, action: str) -> str:
+    """``[<org>.]<project>.<domain>.<run>.<action>``, a DNS-1123 subdomain of at most 253
+    characters, unique for the whole identifier."""
+    raw = [project, domain, run, action]
+    if org:
+        raw.insert(0, org)
+    parts = [name_part(p) for p in raw]
+    name = ".".join(parts)
+    if len(name) <= MAX_SUBDOMAIN:
+        return name
+    # Only reachable when cleaning grew a part; re-encode every part into a budget that
+    # always fits (5 * 48 + 4 = 244). Per position, encoded parts stay distinct.
+    return ".".join(name_part(p, 48) if len(q) > 48 else q for p, q in zip(raw, parts, strict=True))
+
+
+def object_name(action_id: ActionIdentifier) -> str:
+    run = action_id.run
+    return object_name_for(run.org, run.project, run.domain, run.name, action_id.name)
+
+
+def parent_object_name(run: RunIdentifier, parent_action_name: str) -> str:
+    return object_name_for(run.org, run.project, run.domain, run.name, parent_action_name)
+
+
+def run_labels(run: RunIdentifier) -> dict[str, str]:
+    labels = {
+        LABEL_PROJECT: label_value(run.project),
+        LABEL_DOMAIN: label_value(run.domain),
+        LABEL_RUN: label_value(run.name),
+    }
+    if run.org:
+        labels[LABEL_ORG] = label_value(run.org)
+    return labels
+
+
+def action_labels(
+    action_id: ActionIdentifier, action_type: str, parent: str | None
+) -> dict[str, str]:
+    labels = run_labels(action_id.run)
+    labels[LABEL_ACTION] = label_value(action_id.name)
+    labels[LABEL_ACTION_TYPE] = action_type
+    labels[LABEL_IS_ROOT] = "false" if parent else "true"
+    if parent:
+        labels[LABEL_PARENT] = label_value(parent)
+    return labels
+
+
+def children_selector(parent_id: ActionIdentifier) -> dict[str, str]:
+    """The label selector that lists exactly the direct children of ``parent_id`` (modulo
+    label-value hash collisions, which readers filter out by spec)."""
+    labels = run_labels(parent_id.run)
+    labels[LABEL_PARENT] = label_value(parent_id.name)
+    return labels
+
+
+def output_shard(namespace: str, name: str) -> str:
+    """Two base-36 characters: pair number FNV-1a-32(``namespace/name``) mod 1296."""
+    return _SHARD_PAIRS[fnv1a_32(f"{namespace}/{name}".encode()) % len(_SHARD_PAIRS)]
+
+
+def output_uri(namespace: str, name: str, run_output_base: str, action: str, attempt: int) -> str:
+    """``<scheme>://<bucket>/<shard>/<rest of runOutputBase>/<action>/<attempt>``; empty when
+    ``run_output_base`` is empty."""
+    if not run_output_base:
+        return ""
+    scheme, sep, rest = run_output_base.partition("://")
+    if not sep:
+        scheme, rest = "", run_output_base
+    bucket, _, path = rest.partition("/")
+    segments = [output_shard(namespace, name)]
+    path = path.strip("/")
+    if path:
+        segments.append(path)
+    segments.extend((action, str(attempt if attempt > 0 else 1)))
+    prefix = f"{scheme}://{bucket}" if sep else bucket
+    return f"{prefix}/{'/'.join(segments)}"

@@ -1,0 +1,311 @@
+"""``flyteidl2.actions.ActionsService``: Enqueue, WatchForUpdates, Update, Abort, Signal.
+
+Handlers follow ``connect_proto.service`` shapes. State lives only in the store; the
+service keeps no per-action memory, so several replicas may serve the same store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+import trio
+from flyteidl2.actions import actions_service_pb2 as pb
+from flyteidl2.common.identifier_pb2 import ActionIdentifier
+from flyteidl2.core.types_pb2 import SimpleType
+from google.protobuf import json_format
+
+from actions import mapping, naming, timefmt, transitions
+from actions.fanout import FanOut
+from actions.store.base import KubeObject, Store
+from actions.store.errors import (
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    NotFound,
+    OwnerTerminating,
+    StoreError,
+    StoreUnavailable,
+)
+from actions.validation import invalid, validate
+from connect_proto.context import RequestContext
+from connect_proto.errors import Code, RpcError
+
+log = logging.getLogger(__name__)
+
+SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ActionsService"]
+
+# Status writes re-read and retry on Conflict; the bound only stops a livelock.
+MAX_CONFLICT_RETRIES: Final = 32
+# Annotations share a 256 KiB budget per object in Kubernetes; an abort must never fail
+# because its reason is long, so what goes on the object is cut (the log keeps it all).
+MAX_ANNOTATION_CHARS: Final = 16 * 1024
+_SIMPLE_CONDITION_TYPES: Final = frozenset(
+    {SimpleType.BOOLEAN, SimpleType.INTEGER, SimpleType.FLOAT, SimpleType.STRING}
+)
+
+Send = Callable[[pb.WatchForUpdatesResponse], Awaitable[None]]
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """Store failures that no handler expects, mapped to retryable RPC codes."""
+    try:
+        yield
+    except (StoreUnavailable, Gone) as exc:
+        raise RpcError(Code.UNAVAILABLE, f"store unavailable: {exc}") from exc
+    except (Conflict, AlreadyExists, NotFound, OwnerTerminating):
+        raise
+    except Invalid as exc:
+        # The request produced an object the store refuses (an oversized annotation...).
+        raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
+    except StoreError as exc:
+        log.exception("store rejected a write")
+        raise RpcError(Code.INTERNAL, "store rejected the request") from exc
+
+
+def _not_found(action_id: ActionIdentifier) -> RpcError:
+    r = action_id.run
+    return RpcError(
+        Code.NOT_FOUND, f"action {r.org}/{r.project}/{r.domain}/{r.name}/{action_id.name} not found"
+    )
+
+
+def _with_status(obj: KubeObject, status: dict[str, Any]) -> KubeObject:
+    return {
+        "apiVersion": obj.get("apiVersion", naming.API_VERSION),
+        "kind": obj.get("kind", naming.KIND),
+        "metadata": obj["metadata"],
+        "spec": obj.get("spec", {}),
+        "status": status,
+    }
+
+
+def _rv_int(rv: str) -> int:
+    """A list resourceVersion as an integer (etcd revisions and the embedded store's
+    counter both are); 0 disables the snapshot filter for an opaque one."""
+    try:
+        return int(rv or 0)
+    except ValueError:
+        log.warning("non-numeric list resourceVersion %r; snapshot filter disabled", rv)
+        return 0
+
+
+class ActionsService:
+    """The five RPCs over a ``Store`` and a running ``FanOut``.
+
+    ``store`` and ``fanout`` may be bound later with ``bind`` (the app opens the store in
+    its lifespan, after the routes are built); until then every call is UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        store: Store | None = None,
+        fanout: FanOut | None = None,
+        *,
+        namespace: str = "flyte",
+    ) -> None:
+        self._store = store
+        self._fanout = fanout
+        self.namespace = namespace
+
+    def bind(self, store: Store | None, fanout: FanOut | None) -> None:
+        self._store = store
+        self._fanout = fanout
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RpcError(Code.UNAVAILABLE, "service is starting or stopping")
+        return self._store
+
+    # -- Enqueue -----------------------------------------------------------------------
+
+    async def enqueue(self, request: pb.EnqueueRequest, ctx: RequestContext) -> pb.EnqueueResponse:
+        validate(request)
+        action = request.action
+        if action.WhichOneof("spec") == mapping.TYPE_CONDITION:
+            ctype = action.condition.type
+            if ctype.WhichOneof("type") != "simple" or ctype.simple not in _SIMPLE_CONDITION_TYPES:
+                raise invalid(
+                    "action.condition.type", "must be a simple bool, int, float or string"
+                )
+        store = self.store
+        parent_name = mapping.parent_name_of(action)
+        parent: KubeObject | None = None
+        with _store_errors():
+            if parent_name:
+                pname = naming.parent_object_name(action.action_id.run, parent_name)
+                try:
+                    parent = await store.get(pname)
+                except NotFound:
+                    raise RpcError(
+                        Code.NOT_FOUND, f"parent action {parent_name!r} not found"
+                    ) from None
+                if parent["metadata"].get("deletionTimestamp"):
+                    raise RpcError(Code.ABORTED, f"parent action {parent_name!r} is being deleted")
+            obj = mapping.new_object(request, self.namespace, parent)
+            try:
+                created = await store.create(obj)
+            except AlreadyExists:
+                raise RpcError(
+                    Code.ALREADY_EXISTS, f"action {action.action_id.name!r} already exists"
+                ) from None
+            except OwnerTerminating:
+                raise RpcError(
+                    Code.ABORTED, f"parent action {parent_name!r} is being deleted"
+                ) from None
+            except NotFound:
+                raise RpcError(Code.NOT_FOUND, f"parent action {parent_name!r} not found") from None
+            await self._write_initial_status(created, action)
+        return pb.EnqueueResponse()
+
+    async def _write_initial_status(self, created: KubeObject, action: pb.Action) -> None:
+        """Set the starting phase before Enqueue returns (create drops status)."""
+        obj = created
+        name = obj["metadata"]["name"]
+        try:
+            for _ in range(MAX_CONFLICT_RETRIES):
+                if (obj.get("status") or {}).get("conditions"):
+                    return  # someone (an executor) already moved it on
+                status = mapping.initial_status(obj, action, timefmt.now())
+                try:
+                    await self.store.update_status(_with_status(obj, status))
+                    return
+                except Conflict:
+                    obj = await self.store.get(name)
+        except NotFound:
+            # Created, then deleted at once: its parent was aborted meanwhile.
+            raise RpcError(Code.ABORTED, "action was deleted while being enqueued") from None
+        raise RpcError(Code.ABORTED, "too many concurrent writes; retry")
+
+    # -- Update ------------------------------------------------------------------------
+
+    async def update(self, request: pb.UpdateRequest, ctx: RequestContext) -> pb.UpdateResponse:
+        validate(request)
+        name = naming.object_name(request.action_id)
+        await self._write_status(
+            name,
+            request.action_id,
+            lambda obj: transitions.apply_update(obj, request.attempt, request.status),
+        )
+        return pb.UpdateResponse()
+
+    async def _write_status(
+        self,
+        name: str,
+        action_id: ActionIdentifier,
+        change: Callable[[KubeObject], dict[str, Any] | None],
+    ) -> None:
+        """Read, compute, write through the status subresource; on Conflict start over
+        from a fresh read so that no concurrent write is lost."""
+        store = self.store
+        with _store_errors():
+            for attempt in range(MAX_CONFLICT_RETRIES):
+                try:
+                    obj = await store.get(name)
+                except NotFound:
+                    raise _not_found(action_id) from None
+                status = change(obj)
+                if status is None:
+                    return
+                try:
+                    await store.update_status(_with_status(obj, status))
+                    return
+                except Conflict:
+                    if attempt >= 3:
+                        await trio.sleep(0.001 * attempt)
+                except NotFound:
+                    raise _not_found(action_id) from None
+        raise RpcError(Code.ABORTED, "too many concurrent writes; retry")
+
+    # -- Abort -------------------------------------------------------------------------
+
+    async def abort(self, request: pb.AbortRequest, ctx: RequestContext) -> pb.AbortResponse:
+        validate(request)
+        store = self.store
+        action_id = request.action_id
+        name = naming.object_name(action_id)
+        annotations = {naming.ANNOTATION_ABORT_REASON: request.reason[:MAX_ANNOTATION_CHARS]}
+        aborted_by = ""
+        if request.HasField("aborted_by"):
+            aborted_by = json_format.MessageToJson(request.aborted_by, indent=None)
+            annotations[naming.ANNOTATION_ABORTED_BY] = aborted_by[:MAX_ANNOTATION_CHARS]
+        with _store_errors():
+            try:
+                await store.patch_annotations(name, annotations)
+            except NotFound:
+                raise _not_found(action_id) from None
+            log.info(
+                "aborting action %s: reason=%r aborted_by=%s", name, request.reason, aborted_by
+            )
+            try:
+                await store.delete(name, "Background")
+            except NotFound:
+                pass  # deleted by someone else after we marked it: it is gone either way
+        return pb.AbortResponse()
+
+    # -- Signal ------------------------------------------------------------------------
+
+    async def signal(self, request: pb.SignalRequest, ctx: RequestContext) -> pb.SignalResponse:
+        validate(request)
+        action_id = request.action_id
+        signalled_by = request.signalled_by if request.HasField("signalled_by") else None
+
+        def change(obj: KubeObject) -> dict[str, Any] | None:
+            if obj.get("spec", {}).get("parentActionName") != request.parent_action_name:
+                raise RpcError(
+                    Code.NOT_FOUND,
+                    f"action {action_id.name!r} is not a child of {request.parent_action_name!r}",
+                )
+            return transitions.apply_signal(obj, request.value, signalled_by)
+
+        await self._write_status(naming.object_name(action_id), action_id, change)
+        return pb.SignalResponse()
+
+    # -- WatchForUpdates ---------------------------------------------------------------
+
+    async def watch_for_updates(
+        self, request: pb.WatchForUpdatesRequest, ctx: RequestContext, send: Send
+    ) -> None:
+        validate(request)
+        fanout = self._fanout
+        if fanout is None:
+            raise RpcError(Code.UNAVAILABLE, "service is starting or stopping")
+        parent_id = request.parent_action_id
+        # Subscribe first, then read: a change between the two is in the buffer, and one
+        # already in the snapshot is dropped by resourceVersion (min_rv).
+        with fanout.subscribe(mapping.WatchKey.for_parent(parent_id)) as sub:
+            snapshot, list_rv = await self._snapshot(parent_id)
+            sub.min_rv = list_rv
+            for response in snapshot:
+                await send(response)
+            await send(mapping.SENTINEL)
+            while True:
+                for response in await sub.next_batch():
+                    await send(response)
+
+    async def _snapshot(
+        self, parent_id: ActionIdentifier
+    ) -> tuple[list[pb.WatchForUpdatesResponse], int]:
+        store = self.store
+        key = mapping.WatchKey.for_parent(parent_id)
+        with _store_errors():
+            children, list_rv = await store.list(naming.children_selector(parent_id))
+            try:
+                parent: KubeObject | None = await store.get(
+                    naming.parent_object_name(parent_id.run, parent_id.name)
+                )
+            except NotFound:
+                parent = None
+        out: list[pb.WatchForUpdatesResponse] = []
+        if parent is not None and mapping.action_id_of(parent) == parent_id:
+            out.append(mapping.watch_response(parent, self.namespace))
+        for child in children:
+            # Labels may be hashed; the spec is the exact identity.
+            if mapping.watch_key_of(child) == key:
+                out.append(mapping.watch_response(child, self.namespace))
+        return out, _rv_int(list_rv)

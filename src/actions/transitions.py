@@ -1,0 +1,154 @@
+"""Pure status transitions for Update and Signal: stored status in, new status out.
+
+Each function either returns the status to write, returns None when the request changes
+nothing (a no-op success: nothing is written, no watch event), or raises RpcError. Being
+pure, they are re-run unchanged on a fresh read after a write conflict.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from flyteidl2.core.catalog_pb2 import CatalogCacheStatus
+from flyteidl2.core.literals_pb2 import Literal
+from flyteidl2.core.types_pb2 import SimpleType
+from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
+from google.protobuf import json_format
+
+from actions import mapping, phases, timefmt
+from actions.validation import invalid
+from connect_proto.errors import Code, RpcError
+
+Status = dict[str, Any]
+
+# declared simple type -> the Primitive oneof member a signal value must use
+_SIGNAL_KINDS: dict[int, str] = {
+    SimpleType.BOOLEAN: "boolean",
+    SimpleType.INTEGER: "integer",
+    SimpleType.FLOAT: "float_value",
+    SimpleType.STRING: "string_value",
+}
+
+
+def _cache_status_name(value: int) -> str:
+    return CatalogCacheStatus.Name(value) if value in CatalogCacheStatus.values() else str(value)
+
+
+def set_phase(status: Status, phase: phases.Phase, now: str, *, message: str = "") -> None:
+    """Record ``phase`` in conditions and, when it changes, in the phase history."""
+    before = phases.phase_of(status)
+    status["conditions"] = phases.conditions_for(
+        phase, now, status.get("conditions"), message=message
+    )
+    if before != phase:
+        history = list(status.get("phaseHistory") or ())
+        history.append({"phase": phases.name(phase), "occurredAt": now})
+        status["phaseHistory"] = history
+
+
+def apply_update(obj: mapping.KubeObject, attempt: int, update: ActionStatus) -> Status | None:
+    """The status after an ``Update``; see the contract's Update section."""
+    stored: Status = obj.get("status") or {}
+    current = mapping.phase_of_object(obj)
+    stored_attempts = int(stored.get("attempts") or 0)
+    requested = update.phase
+    if requested not in phases.KNOWN:
+        raise invalid("status.phase", f"unknown phase {requested}")
+    if attempt < stored_attempts:
+        raise RpcError(
+            Code.FAILED_PRECONDITION,
+            f"attempt {attempt} is older than the {stored_attempts} attempts already recorded",
+        )
+    if phases.is_terminal(current):
+        # Terminal state is frozen: repeating it (or leaving the phase unset) changes
+        # nothing, moving elsewhere is refused.
+        if requested in (phases.UNSPECIFIED, current):
+            return None
+        raise RpcError(
+            Code.FAILED_PRECONDITION,
+            f"action is already {phases.name(current)}; cannot move to {phases.name(requested)}",
+        )
+    new = copy.deepcopy(stored)
+    now = timefmt.now()
+    target = current if requested == phases.UNSPECIFIED else requested
+    if not stored.get("conditions") or target != current:
+        set_phase(new, target, now)
+    new["attempts"] = max(stored_attempts, attempt, update.attempts)
+    new["cacheStatus"] = _cache_status_name(update.cache_status)
+    if update.HasField("start_time"):
+        new["startTime"] = timefmt.from_timestamp(update.start_time)
+    if update.HasField("end_time"):
+        new["endTime"] = timefmt.from_timestamp(update.end_time)
+    if update.HasField("duration_ms"):
+        new["durationMs"] = update.duration_ms
+    return None if new == stored else new
+
+
+def declared_simple_type(obj: mapping.KubeObject) -> int | None:
+    spec = obj.get("spec") or {}
+    raw = spec.get("conditionSpec")
+    if not raw:
+        return None
+    cond = ConditionAction()
+    cond.ParseFromString(mapping.unb64(raw))
+    if cond.type.WhichOneof("type") != "simple":
+        return None
+    return cond.type.simple
+
+
+def signal_kind(value: Literal) -> str | None:
+    """The Primitive member set in a concrete bool/int/float/string literal, else None."""
+    if value.WhichOneof("value") != "scalar" or value.scalar.WhichOneof("value") != "primitive":
+        return None
+    kind = value.scalar.primitive.WhichOneof("value")
+    return kind if kind in _SIGNAL_KINDS.values() else None
+
+
+def same_signal(a: Literal, b: Literal) -> bool:
+    pa, pb = a.scalar.primitive, b.scalar.primitive
+    kind = pa.WhichOneof("value")
+    return kind == pb.WhichOneof("value") and getattr(pa, kind) == getattr(pb, kind)
+
+
+def apply_signal(
+    obj: mapping.KubeObject,
+    value: Literal,
+    signalled_by: Any | None,
+) -> Status | None:
+    """The status after a ``Signal``; see the contract's Signal section."""
+    spec = obj.get("spec") or {}
+    if spec.get("actionType") != mapping.TYPE_CONDITION:
+        raise RpcError(Code.FAILED_PRECONDITION, "action is not a condition")
+    kind = signal_kind(value)
+    if kind is None:
+        raise invalid("value", "must be a concrete bool, int, float or string literal")
+    declared = declared_simple_type(obj)
+    if declared is not None and _SIGNAL_KINDS.get(declared) != kind:
+        raise invalid(
+            "value",
+            f"is a {kind} but the condition declares {SimpleType.Name(declared)}",
+        )
+    stored: Status = obj.get("status") or {}
+    previous = (stored.get("signal") or {}).get("value")
+    if previous:
+        if same_signal(mapping.literal_of(previous), value):
+            return None
+        raise RpcError(
+            Code.FAILED_PRECONDITION, "condition was already signalled with another value"
+        )
+    current = mapping.phase_of_object(obj)
+    if phases.is_terminal(current):
+        raise RpcError(Code.FAILED_PRECONDITION, f"condition is already {phases.name(current)}")
+    new = copy.deepcopy(stored)
+    now = timefmt.now()
+    signal: dict[str, Any] = {
+        "value": mapping.b64(value.SerializeToString(deterministic=True)),
+        "signalledAt": now,
+    }
+    if signalled_by is not None:
+        signal["signalledBy"] = json_format.MessageToDict(signalled_by)
+    new["signal"] = signal
+    set_phase(new, phases.SUCCEEDED, now)
+    new.setdefault("endTime", now)
+    return new
