@@ -178,7 +178,8 @@ async def test_app_health_and_metrics_routes() -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             health = await http.get("/healthz")
             assert (health.status_code, health.text) == (200, "ok\n")
-            metrics = (await http.get("/metrics")).json()
-            assert metrics["watch_streams"] == 0
-            assert {"events_received", "subscriber_resyncs"} <= set(metrics)
+            metrics = (await http.get("/metrics")).text
+            assert "actions_watch_subscribers 0.0" in metrics
+            assert "actions_watch_events_received_total" in metrics
+            assert "actions_watch_subscriber_resyncs_total" in metrics
         nursery.cancel_scope.cancel()

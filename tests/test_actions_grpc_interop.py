@@ -3,7 +3,6 @@ serve``: a client generated from the IDL works unchanged."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -71,7 +70,10 @@ def test_grpc_enqueue_watch_update(stub: ActionsServiceStub) -> None:
 
 def _open_streams(target: str) -> int:
     with urllib.request.urlopen(f"http://{target}/metrics", timeout=5) as response:
-        return int(json.load(response)["watch_streams"])
+        text = response.read().decode()
+    found = re.search(r"^actions_watch_subscribers (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return int(float(found.group(1)))
 
 
 def test_grpc_cancel_releases_the_subscription_at_once(

@@ -55,7 +55,7 @@ async def test_dropped_watch_resumes_from_last_rv_without_relist() -> None:
         assert [(e.type, e.name) for e in got] == [("ADDED", "b"), ("ADDED", "c")]
         await assert_quiet(events, 0.3)  # nothing replayed twice
         assert store.relists == 0
-        assert store.ready
+        assert store.ready() == (True, "ok")
 
 
 async def test_gone_relists_and_emits_the_differences() -> None:
@@ -95,7 +95,7 @@ async def test_gone_relists_and_emits_the_differences() -> None:
 
 
 async def _ready(store: KubernetesStore) -> bool:
-    return store.ready
+    return store.ready()[0]
 
 
 async def test_readiness_follows_the_api_server() -> None:

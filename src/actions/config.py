@@ -1,27 +1,56 @@
-"""Configuration: the Flyte deployment's keys, from defaults, a YAML file, then flags.
+"""Configuration: the Flyte deployment's keys, from defaults, a YAML file, the environment,
+then flags (each later source overrides the earlier ones, key by key).
+
+Every key is described once, in ``KEYS``: its YAML path, its type, its environment
+variable (the path upper-snake-cased: ``actions.server.port`` -> ``ACTIONS_SERVER_PORT``)
+and, for the common ones, a ``serve`` flag. Unknown YAML keys and bad values are errors
+that name the key (``ConfigError``), raised at start-up. ``dump`` renders the effective
+configuration as YAML that ``load`` reads back unchanged.
 
 YAML shape (every key optional)::
 
     actions:
-      kubernetes:
-        namespace: flyte
+      store: embedded               # embedded | kubernetes | memory
+      dataDir: ~/.local/share/actions-service
       watchWorkers: 10
       watchBufferSize: 100
-      watchSubscriberBufferSize: 1000   # per stream; not a Flyte key
-      dataDir: ~/.local/share/actions-service
+      watchSubscriberBufferSize: 1000
+      kubernetes: {namespace: flyte, kubeconfig: null, context: null, inCluster: null,
+                   qps: 50, burst: 100, connectTimeout: 5, requestTimeout: 30,
+                   watchTimeout: 300}
       server:
         host: 127.0.0.1
         port: 8091
+        gracefulTimeout: 10
+        tls: {certFile: null, keyFile: null, clientCaFile: null,
+              requireClientCert: false, reloadInterval: 5}
+        auth: {tokenFile: null}
+      limits: {maxStreamsPerConnection: 1000, maxWatchSubscriptions: 10000,
+               maxMessageSize: 4194304}
+      log: {format: plain, level: INFO, accessLog: true}
 """
 
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import dataclass, replace
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
+
+CONFIG_ENV: Final = "ACTIONS_CONFIG"  # path of the YAML file, when --config is not given
+STORE_KINDS: Final = ("embedded", "kubernetes", "memory")
+LOG_FORMATS: Final = ("plain", "json")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message starts with the key (and its source)."""
 
 
 def default_data_dir() -> Path:
@@ -31,68 +60,404 @@ def default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Config:
-    namespace: str = "flyte"  # actions.kubernetes.namespace
+    # Store and watch fan-out.
+    store: str = "embedded"  # actions.store
+    data_dir: Path | None = None  # actions.dataDir; None = default_data_dir()
     watch_workers: int = 10  # actions.watchWorkers
     watch_buffer_size: int = 100  # actions.watchBufferSize
     subscriber_buffer_size: int = 1000  # actions.watchSubscriberBufferSize
+    # Kubernetes (store: kubernetes). namespace also names the embedded database file.
+    namespace: str = "flyte"  # actions.kubernetes.namespace
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    in_cluster: bool | None = None  # None: in-cluster when running in a pod
+    kube_qps: float = 50.0
+    kube_burst: int = 100
+    kube_connect_timeout: float = 5.0
+    kube_request_timeout: float = 30.0
+    kube_watch_timeout: int = 300
+    # Server.
     host: str = "127.0.0.1"  # actions.server.host
     port: int = 8091  # actions.server.port
-    data_dir: Path | None = None  # actions.dataDir; None = default_data_dir()
+    graceful_timeout: float = 10.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    tls_require_client_cert: bool = False
+    tls_reload_interval: float = 5.0
+    auth_token_file: Path | None = None
+    # Limits.
+    max_streams_per_connection: int = 1000
+    max_watch_subscriptions: int | None = 10_000
+    max_message_size: int = 4 * 1024 * 1024
+    # Logs.
+    log_format: str = "plain"
+    log_level: str = "INFO"
+    access_log: bool = True
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or default_data_dir()).expanduser()
 
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
+
     def validate(self) -> Config:
-        if self.watch_workers < 1:
-            raise ValueError("actions.watchWorkers must be at least 1")
-        if self.watch_buffer_size < 1:
-            raise ValueError("actions.watchBufferSize must be at least 1")
-        if self.subscriber_buffer_size < 1:
-            raise ValueError("actions.watchSubscriberBufferSize must be at least 1")
-        if not 0 <= self.port <= 65535:
-            raise ValueError("actions.server.port must be between 0 and 65535")
+        """Check ranges and combinations; raises ConfigError naming the key."""
+        for key in KEYS:
+            key.check(getattr(self, key.attr))
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError(
+                "actions.server.tls.certFile and actions.server.tls.keyFile: give both or neither"
+            )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ConfigError("actions.server.tls.clientCaFile: client certificates need TLS "
+                              "(set actions.server.tls.certFile and keyFile)")  # fmt: skip
+        if self.tls_require_client_cert and self.tls_client_ca_file is None:
+            raise ConfigError(
+                "actions.server.tls.requireClientCert: needs actions.server.tls.clientCaFile"
+            )
+        return self
+
+    def check_files(self) -> Config:
+        """Files named by the configuration exist (at start-up, not on the first use)."""
+        for key in KEYS:
+            value = getattr(self, key.attr)
+            if key.is_file and value is not None and not Path(value).expanduser().is_file():
+                raise ConfigError(f"{key.path}: no such file: {value}")
         return self
 
 
-def _get(tree: dict[str, Any], path: str) -> Any:
-    node: Any = tree
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
+# --------------------------------------------------------------------------- value types
 
 
-_KEYS: dict[str, tuple[str, type]] = {
-    "actions.kubernetes.namespace": ("namespace", str),
-    "actions.watchWorkers": ("watch_workers", int),
-    "actions.watchBufferSize": ("watch_buffer_size", int),
-    "actions.watchSubscriberBufferSize": ("subscriber_buffer_size", int),
-    "actions.server.host": ("host", str),
-    "actions.server.port": ("port", int),
-    "actions.dataDir": ("data_dir", Path),
-}
+class _Kind:
+    """How one key's values are read from YAML (typed) and from text (env, flags)."""
+
+    name = "value"
+
+    def from_yaml(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> Any:
+        return self.from_yaml(text)
+
+    def to_yaml(self, value: Any) -> Any:
+        return value
 
 
-def from_mapping(tree: dict[str, Any], base: Config | None = None) -> Config:
-    """Apply the keys present in a parsed YAML tree to ``base`` (defaults when None)."""
-    changes: dict[str, Any] = {}
-    for key, (attr, kind) in _KEYS.items():
-        value = _get(tree, key)
+class _Str(_Kind):
+    name = "a string"
+
+    def __init__(self, choices: tuple[str, ...] = (), *, upper: bool = False) -> None:
+        self.choices = choices
+        self.upper = upper
+
+    def from_yaml(self, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a non-empty string, got {value!r}")
+        if self.upper:
+            value = value.upper()
+        if self.choices and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+
+class _Path(_Kind):
+    name = "a path"
+
+    def from_yaml(self, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a path, got {value!r}")
+        return Path(value).expanduser()
+
+    def to_yaml(self, value: Any) -> Any:
+        return None if value is None else str(value)
+
+
+class _Int(_Kind):
+    name = "an integer"
+
+    def from_yaml(self, value: Any) -> Any:
+        # bool is an int in Python; "true" for a count is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+
+    def from_text(self, text: str) -> Any:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+class _Float(_Kind):
+    name = "a number"
+
+    def from_yaml(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+
+    def from_text(self, text: str) -> Any:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+
+
+class _Bool(_Kind):
+    name = "true or false"
+    _TEXT: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+    def from_yaml(self, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+    def from_text(self, text: str) -> Any:
+        try:
+            return self._TEXT[text.strip().lower()]
+        except KeyError:
+            raise ValueError(f"expected true or false, got {text!r}") from None
+
+
+Check = Callable[[Any], str | None]  # returns what is wrong, or None
+
+
+def _at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be at least {low:g}, got {v!r}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else f"must be greater than 0, got {v!r}"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else f"must be between 0 and 65535, got {v!r}"
+
+
+def _dns_label(v: Any) -> str | None:
+    return None if _DNS_LABEL.match(v) else f"must be a DNS-1123 label, got {v!r}"
+
+
+@dataclass(frozen=True)
+class Key:
+    path: str  # YAML path, e.g. actions.server.port
+    attr: str  # Config field
+    kind: _Kind
+    help: str
+    optional: bool = False  # null allowed (means "not set" / "no limit")
+    valid: Check | None = None
+    flag: str | None = None  # serve/config flag, e.g. --port
+    is_file: bool = False  # must exist at start-up
+
+    @property
+    def env(self) -> str:
+        return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", self.path).replace(".", "_").upper()
+
+    def check(self, value: Any) -> None:
         if value is None:
+            if not self.optional:
+                raise ConfigError(f"{self.path}: must be set")
+            return
+        if self.valid is not None:
+            problem = self.valid(value)
+            if problem:
+                raise ConfigError(f"{self.path}: {problem}")
+
+
+KEYS: Final[tuple[Key, ...]] = (
+    Key("actions.store", "store", _Str(STORE_KINDS), "store backend", flag="--store"),
+    Key("actions.dataDir", "data_dir", _Path(), "embedded store directory", True,
+        flag="--data-dir"),
+    Key("actions.watchWorkers", "watch_workers", _Int(), "watch workers (shards)",
+        valid=_at_least(1)),
+    Key("actions.watchBufferSize", "watch_buffer_size", _Int(), "capacity of each shard channel",
+        valid=_at_least(1)),
+    Key("actions.watchSubscriberBufferSize", "subscriber_buffer_size", _Int(),
+        "actions buffered per watch stream before it is resynced", valid=_at_least(1)),
+    Key("actions.kubernetes.namespace", "namespace", _Str(), "namespace of the TaskActions",
+        valid=_dns_label, flag="--namespace"),
+    Key("actions.kubernetes.kubeconfig", "kubeconfig", _Path(), "kubeconfig file", True,
+        flag="--kubeconfig", is_file=True),
+    Key("actions.kubernetes.context", "kube_context", _Str(), "kubeconfig context", True,
+        flag="--context"),
+    Key("actions.kubernetes.inCluster", "in_cluster", _Bool(),
+        "use the pod's service account (null: when running in a pod)", True),
+    Key("actions.kubernetes.qps", "kube_qps", _Float(), "API requests per second",
+        valid=_positive),
+    Key("actions.kubernetes.burst", "kube_burst", _Int(), "API request burst", valid=_at_least(1)),
+    Key("actions.kubernetes.connectTimeout", "kube_connect_timeout", _Float(),
+        "seconds to connect to the API server", valid=_positive),
+    Key("actions.kubernetes.requestTimeout", "kube_request_timeout", _Float(),
+        "seconds for one API request", valid=_positive),
+    Key("actions.kubernetes.watchTimeout", "kube_watch_timeout", _Int(),
+        "server-side lifetime of one watch request, seconds", valid=_at_least(1)),
+    Key("actions.server.host", "host", _Str(), "address to bind", flag="--host"),
+    Key("actions.server.port", "port", _Int(), "port to bind (0: any free)", valid=_port,
+        flag="--port"),
+    Key("actions.server.gracefulTimeout", "graceful_timeout", _Float(),
+        "seconds in-flight calls get to finish on shutdown", valid=_at_least(0),
+        flag="--graceful-timeout"),
+    Key("actions.server.tls.certFile", "tls_cert_file", _Path(), "server certificate chain (PEM)",
+        True, flag="--tls-cert", is_file=True),
+    Key("actions.server.tls.keyFile", "tls_key_file", _Path(), "server private key (PEM)", True,
+        flag="--tls-key", is_file=True),
+    Key("actions.server.tls.clientCaFile", "tls_client_ca_file", _Path(),
+        "CA bundle for client certificates (mTLS)", True, flag="--tls-client-ca", is_file=True),
+    Key("actions.server.tls.requireClientCert", "tls_require_client_cert", _Bool(),
+        "refuse clients without a certificate", flag="--require-client-cert"),
+    Key("actions.server.tls.reloadInterval", "tls_reload_interval", _Float(),
+        "seconds between checks of the certificate files", valid=_positive),
+    Key("actions.server.auth.tokenFile", "auth_token_file", _Path(),
+        "bearer token file (connect_proto.auth format); null: no auth", True,
+        flag="--auth-token-file", is_file=True),
+    Key("actions.limits.maxStreamsPerConnection", "max_streams_per_connection", _Int(),
+        "HTTP/2 concurrent streams per connection", valid=_at_least(1)),
+    Key("actions.limits.maxWatchSubscriptions", "max_watch_subscriptions", _Int(),
+        "open WatchForUpdates streams in total (null: no limit)", True, valid=_at_least(1),
+        flag="--max-watch-subscriptions"),
+    Key("actions.limits.maxMessageSize", "max_message_size", _Int(),
+        "largest request or response message, bytes", valid=_at_least(1024)),
+    Key("actions.log.format", "log_format", _Str(LOG_FORMATS), "plain or json",
+        flag="--log-format"),
+    Key("actions.log.level", "log_level", _Str(LOG_LEVELS, upper=True), "log level",
+        flag="--log-level"),
+    Key("actions.log.accessLog", "access_log", _Bool(), "one log line per RPC"),
+)  # fmt: skip
+
+_BY_PATH: Final = {key.path: key for key in KEYS}
+_BY_ATTR: Final = {key.attr: key for key in KEYS}
+assert set(_BY_ATTR) == {f.name for f in fields(Config)}, "every Config field needs a Key"
+
+
+def key_for(attr: str) -> Key:
+    return _BY_ATTR[attr]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _walk(tree: Mapping[str, Any], prefix: str, out: dict[str, Any], source: str) -> None:
+    for name, value in tree.items():
+        path = f"{prefix}.{name}" if prefix else str(name)
+        if path in _BY_PATH:
+            out[path] = value
+        elif isinstance(value, Mapping) and any(p.startswith(path + ".") for p in _BY_PATH):
+            _walk(value, path, out, source)
+        else:
+            near = difflib.get_close_matches(path, _BY_PATH, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"{path}: unknown key in {source}{hint}")
+
+
+def from_mapping(
+    tree: Mapping[str, Any], base: Config | None = None, *, source: str = "configuration"
+) -> Config:
+    """Apply a parsed YAML tree to ``base`` (defaults when None). Unknown keys, values of
+    the wrong type and values out of range raise ConfigError naming the key."""
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    found: dict[str, Any] = {}
+    _walk(tree, "", found, source)
+    changes: dict[str, Any] = {}
+    for path, value in found.items():
+        key = _BY_PATH[path]
+        if value is None:
+            if not key.optional:
+                raise ConfigError(f"{path}: must not be null (in {source})")
+            changes[key.attr] = None
             continue
         try:
-            changes[attr] = kind(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{key}: {exc}") from exc
+            changes[key.attr] = key.kind.from_yaml(value)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc} (in {source})") from None
     return replace(base or Config(), **changes).validate()
 
 
+def read_file(path: Path, base: Config | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return from_mapping(tree or {}, base, source=str(path))
+
+
 def load(path: Path | None, base: Config | None = None) -> Config:
+    """Defaults (or ``base``), then the YAML file at ``path`` if given."""
     if path is None:
         return (base or Config()).validate()
-    with open(path, encoding="utf-8") as fh:
-        tree = yaml.safe_load(fh) or {}
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return from_mapping(tree, base)
+    return read_file(path, base)
+
+
+def _from_text(key: Key, text: str, where: str) -> Any:
+    if key.optional and text.strip().lower() in ("null", "none"):
+        return None
+    try:
+        return key.kind.from_text(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key.path}: {exc} (from {where})") from None
+
+
+def from_env(env: Mapping[str, str], base: Config) -> Config:
+    """Apply the ``ACTIONS_*`` variables of ``KEYS``; an empty variable counts as unset
+    (Kubernetes manifests often carry empty values)."""
+    changes = {
+        key.attr: _from_text(key, env[key.env], key.env)
+        for key in KEYS
+        if env.get(key.env, "") != ""
+    }
+    return replace(base, **changes).validate()
+
+
+def from_flags(flags: Mapping[str, str | None], base: Config) -> Config:
+    """Apply flag values (text, keyed by Config attribute; None = not given)."""
+    changes: dict[str, Any] = {}
+    for attr, text in flags.items():
+        if text is None:
+            continue
+        key = _BY_ATTR[attr]
+        changes[attr] = _from_text(key, text, key.flag or attr)
+    return replace(base, **changes).validate()
+
+
+def resolve(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+) -> Config:
+    """The effective configuration: defaults < YAML file < environment < flags.
+
+    The file is ``config_file`` (``--config``) or else ``$ACTIONS_CONFIG``."""
+    env = os.environ if env is None else env
+    path = config_file or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    config = load(path)
+    config = from_env(env, config)
+    return from_flags(flags or {}, config)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_mapping(config: Config) -> dict[str, Any]:
+    """The nested YAML tree of every key (the inverse of ``from_mapping``)."""
+    tree: dict[str, Any] = {}
+    for key in KEYS:
+        node = tree
+        *parents, leaf = key.path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        value = getattr(config, key.attr)
+        node[leaf] = None if value is None else key.kind.to_yaml(value)
+    return tree
+
+
+def dump(config: Config) -> str:
+    """The effective configuration as YAML (the data directory resolved)."""
+    effective = replace(config, data_dir=config.resolved_data_dir())
+    return yaml.safe_dump(to_mapping(effective), sort_keys=False, default_flow_style=False)

@@ -23,8 +23,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -56,14 +57,21 @@ class EventSource(Protocol):
 class Subscription:
     """One WatchForUpdates stream's place in the fan-out."""
 
-    __slots__ = ("_error", "_pending", "_wakeup", "capacity", "key", "min_rv")
+    __slots__ = ("_error", "_observe_lag", "_pending", "_wakeup", "capacity", "key", "min_rv")
 
-    def __init__(self, key: mapping.WatchKey, capacity: int) -> None:
+    def __init__(
+        self,
+        key: mapping.WatchKey,
+        capacity: int,
+        observe_lag: Callable[[float], None] | None = None,
+    ) -> None:
         self.key = key
         self.capacity = capacity
         # Updates at or below this resourceVersion are already in the stream's snapshot.
         self.min_rv = 0
-        self._pending: OrderedDict[str, tuple[int, WatchForUpdatesResponse]] | None = None
+        # action -> (resourceVersion, update, when the fan-out read its event)
+        self._pending: OrderedDict[str, tuple[int, WatchForUpdatesResponse, float]] | None = None
+        self._observe_lag = observe_lag
         self._wakeup: trio.Event | None = None
         self._error: RpcError | None = None
 
@@ -74,7 +82,9 @@ class Subscription:
     def buffered(self) -> int:
         return len(self._pending) if self._pending else 0
 
-    def offer(self, action: str, rv: int, response: WatchForUpdatesResponse) -> bool | None:
+    def offer(
+        self, action: str, rv: int, response: WatchForUpdatesResponse, read_at: float = 0.0
+    ) -> bool | None:
         """Buffer an update without blocking. Returns True when it was added, None when
         it replaced an older update of the same action, False when the buffer is full."""
         if self._error is not None:
@@ -85,7 +95,11 @@ class Subscription:
         merged = action in pending
         if not merged and len(pending) >= self.capacity:
             return False
-        pending[action] = (rv, response)
+        if merged:
+            # The lag of a merged update runs from the older event: that is how long
+            # the reader has been without this action's news.
+            read_at = pending[action][2]
+        pending[action] = (rv, response, read_at)
         if self._wakeup is not None:
             self._wakeup.set()
         return None if merged else True
@@ -108,7 +122,13 @@ class Subscription:
             if pending:
                 self._pending = None
                 min_rv = self.min_rv
-                batch = [resp for rv, resp in pending.values() if rv > min_rv]
+                batch = [resp for rv, resp, _ in pending.values() if rv > min_rv]
+                observe = self._observe_lag
+                if observe is not None:
+                    now = time.monotonic()
+                    for rv, _, read_at in pending.values():
+                        if rv > min_rv and read_at:
+                            observe(now - read_at)
                 if batch:
                     return batch
                 continue
@@ -124,8 +144,9 @@ class _Worker:
 
     def __init__(self, capacity: int) -> None:
         self.send, self.receive = trio.open_memory_channel[str](capacity)
-        # name -> the newest event not yet handled; a name is here iff it is in the channel
-        self.pending: dict[str, WatchEvent] = {}
+        # name -> (the newest event not yet handled, when the first of the events merged
+        # into it was read); a name is here iff it is in the channel
+        self.pending: dict[str, tuple[WatchEvent, float]] = {}
 
 
 class FanOut:
@@ -164,6 +185,10 @@ class FanOut:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
+    def shard_depths(self) -> list[int]:
+        """Names queued in each worker's channel now (a gauge per shard)."""
+        return [w.send.statistics().current_buffer_used for w in self._workers]
+
     def registry_size(self) -> int:
         """Number of keys in the registry; 0 when no stream is open."""
         return len(self._subscribers)
@@ -174,7 +199,7 @@ class FanOut:
         removed on every exit path."""
         if not self.running:
             raise RpcError(Code.UNAVAILABLE, "watch fan-out is not running; retry")
-        sub = Subscription(key, self._subscriber_buffer)
+        sub = Subscription(key, self._subscriber_buffer, self.metrics.observe_lag)
         self._subscribers.setdefault(key, {})[sub] = None
         try:
             yield sub
@@ -251,6 +276,7 @@ class FanOut:
         workers = self._workers
         count = len(workers)
         metrics = self.metrics
+        clock = time.monotonic if metrics.observe_lag is not None else None
         async with receive:
             async for event in receive:
                 metrics.events_received += 1
@@ -262,23 +288,24 @@ class FanOut:
                     continue
                 name = event.name
                 worker = workers[fnv1a_32(name.encode()) % count]
-                if name in worker.pending:
-                    worker.pending[name] = event
+                queued = worker.pending.get(name)
+                if queued is not None:
+                    worker.pending[name] = (event, queued[1])
                     metrics.events_merged += 1
                     continue
-                worker.pending[name] = event
+                worker.pending[name] = (event, clock() if clock is not None else 0.0)
                 await worker.send.send(name)
 
     async def _work(self, worker: _Worker) -> None:
         async for name in worker.receive:
-            event = worker.pending.pop(name)
+            event, read_at = worker.pending.pop(name)
             try:
-                await self._handle(event)
+                await self._handle(event, read_at)
             except Exception:
                 self.metrics.worker_errors += 1
                 log.exception("watch worker failed on %s %s", event.type, name)
 
-    async def _handle(self, event: WatchEvent) -> None:
+    async def _handle(self, event: WatchEvent, read_at: float = 0.0) -> None:
         obj = event.object
         key = mapping.watch_key_of(obj)
         if key is None or key not in self._subscribers:
@@ -298,7 +325,7 @@ class FanOut:
         action = obj["spec"]["actionName"]
         metrics = self.metrics
         for sub in list(subs):
-            added = sub.offer(action, rv, response)
+            added = sub.offer(action, rv, response, read_at)
             if added is False:
                 self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
             elif added:

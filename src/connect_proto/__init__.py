@@ -17,6 +17,18 @@ Modules, one job each:
   ``cors``: the opt-in CORS policy it applies for browser clients.
 - ``server``: running an app under hypercorn's trio worker; ``client``: a Connect client.
 
+Production features, all opt-in and resolved at start-up:
+
+- ``hooks``: the ``Interceptor`` (before the handler, may refuse) and ``Observer`` (call
+  start and end) interfaces ``ConnectApp`` takes.
+- ``auth``: bearer tokens from a YAML/JSON file, an interceptor.
+- ``metrics``: Prometheus series as an observer, and the ``/metrics`` ASGI app.
+- ``logs``: ``configure_logging`` (plain or JSON lines) and the ``AccessLog`` observer;
+  ``request_id``: validating or generating ``x-request-id``.
+- ``limits``: the open-stream bound (RESOURCE_EXHAUSTED past it).
+- ``shutdown``: ``ShutdownSignal``, which ends open streams with UNAVAILABLE when the
+  server stops; ``tls``: server TLS reloaded when its files change, optional mTLS.
+
 Transport decisions: gRPC over HTTP/1.1 is refused with 505 (no trailers there); gRPC
 without ``te: trailers`` is refused with 400 plus ``grpc-status: 3`` in the headers,
 because hypercorn silently drops response trailers for such requests.

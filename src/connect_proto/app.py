@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -14,10 +15,15 @@ from connect_proto.compression import COMPRESSORS, Compressor
 from connect_proto.context import RequestContext
 from connect_proto.cors import CorsPolicy
 from connect_proto.dispatch import Accepted, Dispatcher, Reject, build_bindings
+from connect_proto.errors import Code, RpcError
 from connect_proto.headers import Headers
+from connect_proto.hooks import CallOutcome, Interceptor, Observer, bind_all, check_hooks
+from connect_proto.limits import STREAMING_KINDS, StreamLimiter
 from connect_proto.protocol import CallConfig
+from connect_proto.request_id import request_id_from
 from connect_proto.runner import CallRunner, Receive, RequestBody, Send
-from connect_proto.service import route_table
+from connect_proto.service import Route, route_table
+from connect_proto.shutdown import ShutdownSignal, shutting_down_error
 
 log = logging.getLogger("connect_proto")
 
@@ -32,7 +38,20 @@ class ConnectApp:
     and exited on shutdown. ``http_routes`` maps exact paths to plain ASGI apps.
     ``compressors`` replaces the compressor registry (default: gzip); responses under
     ``compress_min_bytes`` are sent uncompressed. ``cors`` enables CORS for browsers.
-    Routes, codecs and compressors are all resolved here, once.
+
+    Production hooks (all off by default, and then free):
+
+    - ``interceptors`` run in order before each handler and may refuse with RpcError
+      (``connect_proto.auth.BearerAuth`` is one); ``observers`` hear how each call ended
+      (``connect_proto.metrics.RpcMetrics``, ``connect_proto.logs.AccessLog``).
+    - ``request_id_header`` (e.g. ``"x-request-id"``): take the caller's id from that
+      header when valid, else generate one; set ``ctx.request_id`` and echo it.
+    - ``max_streams`` / ``max_streams_per_method``: bound the server streams open at
+      once (server and bidi streaming); past it, RESOURCE_EXHAUSTED.
+
+    ``begin_shutdown()`` ends open streams with UNAVAILABLE and refuses new calls with
+    UNAVAILABLE; ``connect_proto.server.serve`` calls it when it is stopped.
+    Routes, codecs, compressors and hooks are all resolved here, once.
     """
 
     def __init__(
@@ -45,8 +64,23 @@ class ConnectApp:
         compressors: Mapping[str, Compressor] | None = None,
         compress_min_bytes: int = 1024,
         cors: CorsPolicy | None = None,
+        interceptors: Sequence[Interceptor] = (),
+        observers: Sequence[Observer] = (),
+        request_id_header: str | None = None,
+        max_streams: int | None = None,
+        max_streams_per_method: Mapping[str, int] | None = None,
     ) -> None:
         self.dispatcher = Dispatcher(route_table(services), build_bindings(CODECS))
+        routes = self.dispatcher.routes
+        self._interceptors = tuple(interceptors)
+        self._observers = tuple(observers)
+        check_hooks(self._interceptors, self._observers)
+        self._limiter: StreamLimiter | None = None
+        if max_streams is not None or max_streams_per_method:
+            self._limiter = StreamLimiter(max_streams, max_streams_per_method)
+        bind_all((*self._interceptors, *self._observers, self._limiter), routes)
+        self._request_id_header = None if request_id_header is None else request_id_header.lower()
+        self.shutdown = ShutdownSignal()
         self.config = CallConfig(
             max_message_size=max_message_size,
             compressors=dict(COMPRESSORS if compressors is None else compressors),
@@ -55,6 +89,21 @@ class ConnectApp:
         self._lifespan = lifespan
         self._cors = cors
         self._http_routes = dict(http_routes or {})
+
+    @property
+    def open_streams(self) -> int:
+        """Server streams open now (only counted when a stream limit is configured)."""
+        return 0 if self._limiter is None else self._limiter.open
+
+    def begin_shutdown(self) -> None:
+        """End every open server stream with UNAVAILABLE and refuse new calls.
+
+        Unary calls already running are left to finish (the server's grace period
+        bounds them). Idempotent; call from the trio thread.
+        """
+        if not self.shutdown.draining:
+            log.info("shutdown begun: ending open streams with UNAVAILABLE")
+        self.shutdown.begin()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -87,15 +136,72 @@ class ConnectApp:
             return
         assert isinstance(decision, Accepted)
         request = decision.request
+        route = request.route
         client = scope.get("client")
         ctx = RequestContext(
-            method=request.route.path,
+            method=route.path,
             protocol=decision.call_type.protocol,
             request_headers=headers,
             peer=(client[0], client[1]) if client else None,
         )
-        call = decision.call_type(request, self.config)
-        await CallRunner(call, request.route, ctx, receive, send).run()
+        if self._request_id_header is not None:
+            ctx.request_id = request_id_from(headers.get(self._request_id_header))
+            ctx.response_headers.add(self._request_id_header, ctx.request_id)
+        refusal: RpcError | None = None
+        limited = False
+        if self.shutdown.draining:
+            refusal = shutting_down_error()
+        elif self._limiter is not None and route.kind in STREAMING_KINDS:
+            refusal = self._limiter.acquire(route.path)
+            limited = refusal is None
+        runner = CallRunner(
+            decision.call_type(request, self.config),
+            route,
+            ctx,
+            receive,
+            send,
+            interceptors=self._interceptors,
+            refusal=refusal,
+            shutdown=self.shutdown,
+        )
+        if not self._observers and not limited:
+            await runner.run()  # the common, unobserved path: nothing else to do
+            return
+        started = time.perf_counter()
+        self._notify_started(route, ctx)
+        try:
+            await runner.run()
+        finally:
+            if limited:
+                assert self._limiter is not None
+                self._limiter.release(route.path)
+            if self._observers:
+                if runner.completed:
+                    code = None if runner.error is None else runner.error.code
+                else:
+                    code = Code.CANCELED  # client gone or call cancelled: no status sent
+                outcome = CallOutcome(
+                    code,
+                    time.perf_counter() - started,
+                    runner.messages_received,
+                    runner.messages_sent,
+                )
+                self._notify_finished(route, ctx, outcome)
+
+    def _notify_started(self, route: Route, ctx: RequestContext) -> None:
+        for observer in self._observers:
+            try:
+                observer.call_started(route, ctx)
+            except Exception:
+                # An observer is bookkeeping: its failure must not fail the call.
+                log.exception("observer %r failed in call_started", observer)
+
+    def _notify_finished(self, route: Route, ctx: RequestContext, outcome: CallOutcome) -> None:
+        for observer in self._observers:
+            try:
+                observer.call_finished(route, ctx, outcome)
+            except Exception:
+                log.exception("observer %r failed in call_finished", observer)
 
     async def _reject(
         self, reject: Reject, http_version: str, headers: Headers, receive: Receive, send: Send

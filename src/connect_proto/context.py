@@ -26,6 +26,11 @@ class RequestContext:
     response_trailers: Headers = field(default_factory=Headers)
     deadline: float = math.inf
     peer: tuple[str, int] | None = None
+    # Taken from the client's request-id header when valid, else generated; "" when the
+    # app has request ids turned off. Echoed in the response headers.
+    request_id: str = ""
+    # Who the caller is, as set by an authenticating interceptor (the token's name).
+    principal: str | None = None
 
     def time_remaining(self) -> float | None:
         """Seconds left until the deadline, or None when there is none."""

@@ -8,6 +8,7 @@ reported in the protocol's own error format by a ``ServerCall``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
@@ -76,6 +77,9 @@ def build_bindings(codecs: Mapping[str, Codec] = CODECS) -> dict[str, Binding]:
     return bindings
 
 
+# Clients send one of a handful of content types; memoised so the hot path does not
+# re-split the same string per request. Bounded: the header is client-controlled.
+@functools.lru_cache(maxsize=256)
 def parse_content_type(value: str) -> tuple[str, str] | None:
     """(media type, value to echo) or None when a parameter makes it unusable.
 

@@ -8,6 +8,7 @@ handler when the client goes away.
 from __future__ import annotations
 
 import logging
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,8 +18,10 @@ from google.protobuf.message import Message
 
 from connect_proto.context import RequestContext
 from connect_proto.errors import Code, RpcError
+from connect_proto.hooks import Interceptor
 from connect_proto.protocol import AsgiEvent, ServerCall
 from connect_proto.service import MethodKind, Route
+from connect_proto.shutdown import ShutdownSignal, shutting_down_error
 
 log = logging.getLogger("connect_proto")
 
@@ -81,6 +84,37 @@ class RequestBody:
         return self.complete
 
 
+@types.coroutine
+def await_watching(awaitable: Awaitable[Any], watch: Callable[[], None]) -> Any:
+    """``await awaitable``, calling ``watch()`` the first time it suspends.
+
+    Spawning the disconnect watcher and cancelling it again costs more than a small
+    unary handler (about half of an in-process Echo call); a handler that answers
+    without blocking (a cache hit, a validation error) cannot be interrupted by a
+    disconnect anyway, so it never needs one. This delegates exactly as ``await`` does
+    (send, throw), only noticing the first trap.
+    """
+    coro: Any = awaitable.__await__()
+    value: Any = None
+    error: BaseException | None = None
+    watching = False
+    while True:
+        try:
+            if error is None:
+                trap = coro.send(value)
+            else:
+                trap, error = coro.throw(error), None
+        except StopIteration as stop:
+            return stop.value
+        if not watching:
+            watching = True
+            watch()
+        try:
+            value = yield trap
+        except BaseException as exc:  # Cancelled, KeyboardInterrupt, GeneratorExit: pass on
+            value, error = None, exc
+
+
 def first_rpc_error(exc: BaseException) -> RpcError | None:
     """The RpcError inside ``exc`` (handlers may raise it out of a nursery), if any."""
     if isinstance(exc, RpcError):
@@ -108,6 +142,7 @@ class RequestStream:
         self._pending: deque[Message] = deque()
         self._done = False
         self._on_eof = on_eof
+        self.count = 0  # messages handed to the handler
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -122,6 +157,7 @@ class RequestStream:
                 self._pending.extend(self._call.eof())
                 self._done = True
                 self._on_eof()
+        self.count += 1
         return self._pending.popleft()
 
 
@@ -141,7 +177,14 @@ async def read_single(call: ServerCall, body: RequestBody) -> Message:
 
 
 class CallRunner:
-    """Runs one accepted call to completion."""
+    """Runs one accepted call to completion.
+
+    ``interceptors`` run first, inside the deadline; then ``refusal`` (decided by the app
+    before the call started, e.g. a stream limit or shutdown) ends the call if set.
+    Stream handlers run in a scope from ``shutdown``, so a server shutdown ends them with
+    UNAVAILABLE. Afterwards ``error``, ``completed`` and the message counts tell
+    observers how the call ended.
+    """
 
     def __init__(
         self,
@@ -150,6 +193,10 @@ class CallRunner:
         ctx: RequestContext,
         receive: Receive,
         send: Send,
+        *,
+        interceptors: tuple[Interceptor, ...] = (),
+        refusal: RpcError | None = None,
+        shutdown: ShutdownSignal | None = None,
     ) -> None:
         self.call = call
         self.route = route
@@ -157,6 +204,14 @@ class CallRunner:
         self.body = RequestBody(receive)
         self._send = send
         self._close = False  # add "connection: close" to the head (HTTP/1.1)
+        self._http1 = call.request.http_version.startswith("1")
+        self._interceptors = interceptors
+        self._refusal = refusal
+        self._shutdown = shutdown
+        self.error: RpcError | None = None  # the status the call ended with (None = OK)
+        self.completed = False  # the final status was handed to the server
+        self.messages_received = 0
+        self.messages_sent = 0
 
     async def emit(self, events: list[AsgiEvent]) -> None:
         for event in events:
@@ -213,12 +268,14 @@ class CallRunner:
             await self._finish_early(error)
         elif final is not None:
             await self._emit_final(final)
+            self.messages_sent = 1
         else:
             await self._emit_final(call.end_events(None, self.ctx))
 
     async def _finish_early(self, error: RpcError) -> None:
         """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
-        if not self.body.complete and self.call.request.http_version.startswith("1"):
+        self.error = error
+        if not self.body.complete and self._http1:
             if not self.body.disconnected and not self.call.head_sent:
                 declared = self.call.request.headers.get("content-length")
                 self._close = not await self.body.drain(declared)
@@ -227,8 +284,29 @@ class CallRunner:
         await self._emit_final(self.call.end_events(error, self.ctx))
 
     async def _emit_final(self, events: list[AsgiEvent]) -> None:
+        if self.body.complete or self.body.disconnected or self._http1:
+            await self._emit_final_events(events)
+            return
+        # HTTP/2, answered before the request body ended (a refusal, or a handler that
+        # stopped reading). hypercorn queues request events for us in a small bounded
+        # channel and, inside our final send, puts http.disconnect into it; with the
+        # channel full of unread body that put blocks our own send forever (and the
+        # connection's reader with it). Draining concurrently keeps room in it.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_quietly)
+            await self._emit_final_events(events)
+            nursery.cancel_scope.cancel()
+
+    async def _drain_quietly(self) -> None:
+        try:
+            await self.body.wait_disconnect()
+        except Exception:  # the server's receive failing just ends the drain
+            pass
+
+    async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
         try:
             await self.emit(events)
+            self.completed = True
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # connection lost while finishing: nothing left to tell the client
 
@@ -239,22 +317,40 @@ class CallRunner:
     async def _invoke(self, watch: Callable[[], None]) -> list[AsgiEvent] | None:
         """Run the handler; return the final events of a unary response, else None."""
         route, call, ctx = self.route, self.call, self.ctx
+        for interceptor in self._interceptors:
+            await interceptor.intercept(route, ctx)
+        if self._refusal is not None:
+            raise self._refusal
         kind = route.kind
         if kind is MethodKind.UNARY or kind is MethodKind.SERVER_STREAMING:
             request = await read_single(call, self.body)
-            watch()
+            self.messages_received = 1
             # A deadline that already passed (timeout 0) must not run the handler.
             await trio.lowlevel.checkpoint_if_cancelled()
             if kind is MethodKind.UNARY:
-                return self._unary_result(await route.handler(request, ctx))
-            await route.handler(request, ctx, self._send_message)
+                return self._unary_result(await await_watching(route.handler(request, ctx), watch))
+            watch()
+            await self._stream(route.handler, request)
             return None
         await trio.lowlevel.checkpoint_if_cancelled()
         requests = RequestStream(call, self.body, watch)
-        if kind is MethodKind.CLIENT_STREAMING:
-            return self._unary_result(await route.handler(requests, ctx))
-        await route.handler(requests, ctx, self._send_message)
+        try:
+            if kind is MethodKind.CLIENT_STREAMING:
+                return self._unary_result(await route.handler(requests, ctx))
+            await self._stream(route.handler, requests)
+        finally:
+            self.messages_received = requests.count
         return None
+
+    async def _stream(self, handler: Callable[..., Awaitable[None]], request: Any) -> None:
+        """Run a response-streaming handler; a server shutdown ends it with UNAVAILABLE."""
+        if self._shutdown is None:
+            await handler(request, self.ctx, self._send_message)
+            return
+        with self._shutdown.stream_scope() as stop:
+            await handler(request, self.ctx, self._send_message)
+        if stop.cancelled_caught:
+            raise shutting_down_error()
 
     def _unary_result(self, response: Any) -> list[AsgiEvent]:
         if not isinstance(response, self.route.output_type):
@@ -276,6 +372,7 @@ class CallRunner:
                 f"not {type(message).__name__}"
             )
         await self.emit(self.call.message_events(message, self.ctx))
+        self.messages_sent += 1
 
 
 __all__ = ["CallRunner", "ClientDisconnected", "RequestBody", "first_rpc_error"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -80,6 +81,7 @@ class Informer:
         trio_token: trio.lowlevel.TrioToken,
         *,
         history: int,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self._api = api
         self._namespace = namespace
@@ -89,6 +91,12 @@ class Informer:
         self._history_size = history
         self._lock = threading.Lock()
         self._cache: dict[str, KubeObject] = {}
+        # Objects the API server showed this process (lists, reads, write responses) in a
+        # newer state than the cache holds yet. A watch consumer may have been shown them
+        # too (a WatchForUpdates snapshot is a server list), so a re-list must report
+        # their disappearance (and with the freshest state known) even though the watch
+        # never delivered them. An entry goes once the watch or a list catches up.
+        self._known: dict[str, KubeObject] = {}
         self._history: deque[WatchEvent] = deque()
         self._floor: int | None = None  # every change after it is in _history
         self._sinks: set[Sink] = set()
@@ -96,6 +104,12 @@ class Informer:
         self._watch: watch.Watch | None = None
         self._listed = threading.Event()
         self._position: str | None = None  # resourceVersion to watch from; None: re-list
+        # The resourceVersion of the newest state handed out (last event, or list).
+        self._applied_rv = 0
+        # Run (and retried) in the thread before the first list: the start-up checks of
+        # a store that opened without waiting for the API server.
+        self._prepare = prepare
+        self._progressed = False  # the current watch request has delivered something
         self.synced = False
         self.api_reachable = False
         self.last_error: str | None = None
@@ -118,11 +132,32 @@ class Informer:
             obj = self._cache.get(name)
         return None if obj is None else copy_json(obj)
 
+    def note(self, objects: list[KubeObject], as_of: int | None = None) -> None:
+        """Remember objects the API server returned (``as_of``: a list's resourceVersion;
+        else each object's own) if they are ahead of what the watch has handed out."""
+        with self._lock:
+            for obj in objects:
+                rv = _rv(obj)
+                if (rv if as_of is None else as_of) <= self._applied_rv:
+                    continue  # the watch has been there already
+                name = obj["metadata"]["name"]
+                cached, known = self._cache.get(name), self._known.get(name)
+                if (cached is None or _rv(cached) < rv) and (known is None or _rv(known) < rv):
+                    self._known[name] = copy_json(obj)
+
     def register(self, sink: Sink, since: int | None) -> list[WatchEvent]:
-        """Add a sink; returns the backlog of events after ``since`` it must get first."""
+        """Add a sink; returns the backlog of events after ``since`` it must get first.
+
+        ``since=None``: live events only, those above ``sink.since`` (the API server's
+        resourceVersion "now"), or, when ``sink.since`` is 0 (now unknown), above what the
+        informer has handed out so far. Before the first list that is nothing: the first
+        list then hands the sink every listed object above ``sink.since`` as ADDED, so
+        that no write made after this call (and before that list) is missed."""
         with self._lock:
             if since is None:
                 backlog: list[WatchEvent] = []
+                if not sink.since and self._listed.is_set():
+                    sink.since = self._applied_rv
             else:
                 if self._floor is None or since < self._floor:
                     raise Gone(f"too old resource version: {since} ({self._floor})")
@@ -159,6 +194,9 @@ class Informer:
         backoff = Backoff()
         while not self._stop.is_set():
             try:
+                if self._prepare is not None:
+                    self._prepare()
+                    self._prepare = None
                 if self._position is None:
                     self._position = self._relist()
                     backoff.reset()
@@ -178,6 +216,13 @@ class Informer:
                     log.info("watch of %s expired; re-listing", self._namespace)
                     self.synced = False
                     self._position = None
+                    continue
+                if isinstance(error, StoreUnavailable) and self._progressed:
+                    # The stream was up and delivering when the connection dropped (a
+                    # proxy cut it, say): not a sign the server is gone. Resume at once;
+                    # if that fails too, the server is reported unreachable.
+                    self._progressed = False
+                    log.info("watch of %s dropped (%s); resuming", self._namespace, error)
                     continue
                 self.last_error = str(error or exc)
                 if isinstance(error, StoreUnavailable):
@@ -231,16 +276,26 @@ class Informer:
             old = self._cache
             self._cache = items
             first = not self._listed.is_set()
-            changes = [] if first else _differences(old, items, list_rv)
+            # What a consumer may know besides the old cache: objects shown by the API
+            # server up to this list (newer ones stay, still ahead of the cache).
+            shown = {n: o for n, o in self._known.items() if _rv(o) <= int(list_rv)}
+            self._known = {n: o for n, o in self._known.items() if n not in shown}
+            # The first list is news only to sinks that registered before it (started
+            # while the API server was out of reach): they get every object as ADDED.
+            changes = (
+                _differences(old, items, list_rv, shown) if self._sinks or not first else []
+            )
+            self._applied_rv = int(list_rv)
             # The changes between the old watch position and this list are lost: resuming
             # from before the list is no longer possible.
             self._history.clear()
             self._floor = int(list_rv)
             sinks = list(self._sinks)
+            self._listed.set()  # under the lock: register() decides on it
         self.relists += 0 if first else 1
         self.api_reachable = True
+        self.last_error = None
         self.synced = True
-        self._listed.set()
         for event in changes:
             self._hand_out(event, sinks)
         return list_rv
@@ -268,8 +323,10 @@ class Informer:
             timeout_seconds=self._settings.watch_timeout,
             _request_timeout=self._settings.watch_read_timeout,
         )
+        self._progressed = False
         for raw in stream:
             self.api_reachable = True
+            self._progressed = True
             if raw is None:  # a line that was not JSON
                 continue
             event_type = raw.get("type")
@@ -286,12 +343,16 @@ class Informer:
 
     def _apply(self, event: WatchEvent) -> None:
         with self._lock:
+            known = self._known.get(event.name)
+            if known is not None and _rv(event.object) >= _rv(known):
+                del self._known[event.name]
             if event.type == "DELETED":
                 self._cache.pop(event.name, None)
             else:
                 # Its own copy: consumers may mutate the event's object.
                 self._cache[event.name] = copy_json(event.object)
             self._history.append(event)
+            self._applied_rv = max(self._applied_rv, _rv(event.object))
             while len(self._history) > self._history_size:
                 self._floor = _rv(self._history.popleft().object)
             sinks = list(self._sinks)
@@ -305,9 +366,18 @@ class Informer:
 
 
 def _differences(
-    old: dict[str, KubeObject], new: dict[str, KubeObject], list_rv: str
+    old: dict[str, KubeObject],
+    new: dict[str, KubeObject],
+    list_rv: str,
+    shown: dict[str, KubeObject] | None = None,
 ) -> list[WatchEvent]:
-    """What a consumer of the lost watch events needs to reach the listed state."""
+    """What a consumer of the lost watch events needs to reach the listed state.
+
+    Vanished objects are those of the old cache, and those the API server showed
+    (``shown``) that the watch never delivered, missing from the list; each is reported
+    DELETED in the freshest state known (its final state may have been newer still:
+    Kubernetes' "DeletedFinalStateUnknown")."""
+    shown = shown or {}
     changes = [
         WatchEvent("MODIFIED" if name in old else "ADDED", obj)
         for name, obj in new.items()
@@ -315,8 +385,9 @@ def _differences(
         or old[name]["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]
     ]
     changes.sort(key=lambda e: _rv(e.object))
-    for name in sorted(old.keys() - new.keys()):
-        gone = copy_json(old[name])
+    for name in sorted((old.keys() | shown.keys()) - new.keys()):
+        candidates = [o for o in (old.get(name), shown.get(name)) if o is not None]
+        gone = copy_json(max(candidates, key=_rv))
         gone["metadata"]["resourceVersion"] = list_rv  # deleted at or before the list
         changes.append(WatchEvent("DELETED", gone))
     return changes

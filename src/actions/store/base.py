@@ -90,4 +90,10 @@ class Store(Protocol):
         None if it is gone."""
         ...
 
+    def ready(self) -> tuple[bool, str]:
+        """Whether the store can serve now, for readiness probes (``/readyz``): ``(True,
+        "ok")``, or ``(False, why)`` (API server unreachable, watch cache not synced yet,
+        store closed). Cheap and non-blocking: it reads state the store keeps."""
+        ...
+
     async def aclose(self) -> None: ...

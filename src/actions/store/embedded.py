@@ -244,6 +244,10 @@ class EmbeddedStore:
             raise Gone(f"too large resource version: {cursor}, current: {current}")
         return cursor
 
+    def ready(self) -> tuple[bool, str]:
+        """Always ready while open (the database is local)."""
+        return (False, "store closed") if self._closed else (True, "ok")
+
     async def aclose(self) -> None:
         if self._closed:
             return

@@ -48,6 +48,7 @@ class KubernetesStore:
         owns_client: bool,
         settings: ClientSettings,
         history: int,
+        prepare: Any = None,
     ) -> None:
         self.namespace = namespace
         self._owns_client = owns_client
@@ -63,6 +64,7 @@ class KubernetesStore:
             self._bucket,
             trio.lowlevel.current_trio_token(),
             history=history,
+            prepare=prepare,
         )
         self._closed = trio.Event()
 
@@ -76,6 +78,7 @@ class KubernetesStore:
         create_namespace: bool = True,
         history: int = 10_000,
         sync_timeout: float = 30.0,
+        wait_for_sync: bool = True,
     ) -> KubernetesStore:
         """Connect, check the namespace, start the watch, and wait for its first list.
 
@@ -83,19 +86,33 @@ class KubernetesStore:
         in-cluster). ``history`` is how many recent events ``run_events(since=...)`` can
         replay. Raises StoreUnavailable when the API server cannot be reached within
         ``sync_timeout`` or the namespace is missing and cannot be created.
+
+        ``wait_for_sync=False`` (a server that must come up while the API server is
+        away): returns at once; the namespace check and the first list run in the watch
+        thread, retried with backoff, and ``ready()`` says what is missing meanwhile.
+        Requests fail with StoreUnavailable while the API server is out of reach.
         """
         settings = settings or ClientSettings()
         owns_client = api_client is None
         if api_client is None:
             configuration = await trio.to_thread.run_sync(load_configuration, settings)
             api_client = client.ApiClient(configuration)
+        prepare = None
+        if not wait_for_sync:
+            prepare = partial(
+                ensure_namespace, api_client, namespace, create_namespace, settings.timeouts
+            )
         store = cls(
             namespace=namespace,
             api_client=api_client,
             owns_client=owns_client,
             settings=settings,
             history=history,
+            prepare=prepare,
         )
+        if not wait_for_sync:
+            store._informer.start()
+            return store
         try:
             await store._check_namespace(create_namespace)
             store._informer.start()
@@ -125,9 +142,17 @@ class KubernetesStore:
         """The watch's last contact with the API server succeeded."""
         return self._informer.api_reachable
 
-    @property
-    def ready(self) -> bool:
-        return self.synced and self.api_reachable
+    def ready(self) -> tuple[bool, str]:
+        """Readiness for ``/readyz``: ``(True, "ok")`` once the watch cache holds a full
+        list and the API server answers; otherwise False and what is missing."""
+        if self._closed.is_set():
+            return False, "store closed"
+        if not self._informer.api_reachable:
+            error = self._informer.last_error or "no contact yet"
+            return False, f"Kubernetes API server unreachable: {error}"
+        if not self._informer.synced:
+            return False, "watch cache not synced (listing taskactions)"
+        return True, "ok"
 
     @property
     def last_error(self) -> str | None:
@@ -162,7 +187,7 @@ class KubernetesStore:
             await self._check_owner(ref)
         body = _meta.copy_json(obj)
         body["metadata"]["namespace"] = self.namespace
-        return await self._call(
+        created = await self._call(
             self._api.create_namespaced_custom_object,
             _meta.GROUP,
             _meta.VERSION,
@@ -170,6 +195,12 @@ class KubernetesStore:
             _meta.PLURAL,
             body,
         )
+        return self._shown(created)
+
+    def _shown(self, obj: KubeObject) -> KubeObject:
+        """Tell the informer what the API server just showed us (see ``Informer.note``)."""
+        self._informer.note([obj])
+        return obj
 
     async def _check_owner(self, ref: dict[str, Any]) -> None:
         """The API server accepts a dangling owner (its GC then collects the new object);
@@ -186,7 +217,7 @@ class KubernetesStore:
             raise OwnerTerminating(f'owner {_meta.RESOURCE} "{ref["name"]}" is being deleted')
 
     async def get(self, name: str) -> KubeObject:
-        return await self._call(
+        obj = await self._call(
             self._api.get_namespaced_custom_object,
             _meta.GROUP,
             _meta.VERSION,
@@ -194,6 +225,7 @@ class KubernetesStore:
             _meta.PLURAL,
             name,
         )
+        return self._shown(obj)
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
         _meta.validate_labels(labels)
@@ -217,13 +249,15 @@ class KubernetesStore:
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items, page["metadata"]["resourceVersion"]
+                list_rv: str = page["metadata"]["resourceVersion"]
+                self._informer.note(items, as_of=int(list_rv))
+                return items, list_rv
 
     async def update_status(self, obj: KubeObject) -> KubeObject:
         meta = obj.get("metadata") or {}
         if not meta.get("resourceVersion"):
             raise Invalid("metadata.resourceVersion: must be specified for an update")
-        return await self._call(
+        updated = await self._call(
             self._api.replace_namespaced_custom_object_status,
             _meta.GROUP,
             _meta.VERSION,
@@ -232,13 +266,14 @@ class KubernetesStore:
             meta["name"],
             obj,
         )
+        return self._shown(updated)
 
     async def patch_annotations(self, name: str, annotations: dict[str, str]) -> KubeObject:
         _meta.validate_annotations(annotations)
         if not annotations:
             return await self.get(name)  # nothing to merge; no write, as in the embedded store
         # A dict body goes out as a JSON merge patch (the client's default for CRs).
-        return await self._call(
+        patched = await self._call(
             self._api.patch_namespaced_custom_object,
             _meta.GROUP,
             _meta.VERSION,
@@ -247,6 +282,7 @@ class KubernetesStore:
             name,
             {"metadata": {"annotations": annotations}},
         )
+        return self._shown(patched)
 
     async def delete(self, name: str, propagation: PropagationPolicy = "Background") -> None:
         if propagation not in ("Background", "Foreground", "Orphan"):
@@ -282,16 +318,25 @@ class KubernetesStore:
             # "From now": the watch may still be delivering writes made before this call;
             # the API server's current resourceVersion tells them apart, so run_events
             # starts exactly where the embedded store's does.
-            now = await self._call(
-                self._api.list_namespaced_custom_object,
-                _meta.GROUP,
-                _meta.VERSION,
-                self.namespace,
-                _meta.PLURAL,
-                limit=1,
-            )
-            sink = Sink(send, int(now["metadata"]["resourceVersion"]))
-            backlog = self._informer.register(sink, None)
+            sink = Sink(send, 0)
+            try:
+                now = await self._call(
+                    self._api.list_namespaced_custom_object,
+                    _meta.GROUP,
+                    _meta.VERSION,
+                    self.namespace,
+                    _meta.PLURAL,
+                    limit=1,
+                )
+            except StoreUnavailable as exc:
+                # Out of reach (starting without the API server, or it went away): start
+                # from what the watch has handed out so far instead. Nothing written
+                # later is missed; a few earlier writes may be sent too.
+                log.info("starting the change stream from the watch cache: %s", exc)
+                backlog = self._informer.register(sink, None)
+            else:
+                sink.since = int(now["metadata"]["resourceVersion"])
+                backlog = self._informer.register(sink, None)
         else:
             sink = Sink(send, int(since))
             backlog = self._informer.register(sink, int(since))
@@ -314,7 +359,7 @@ class KubernetesStore:
         with trio.move_on_after(10):
             while True:
                 self._informer.request_stop()
-                if await trio.to_thread.run_sync(self._informer.join, 0.1):
+                if await trio.to_thread.run_sync(self._informer.join, 0.02):
                     break
         if self._owns_client:
             await trio.to_thread.run_sync(self._api_client.close)
