@@ -100,16 +100,14 @@ class Watchers:
                     continue
                 update = msg.action_update
                 uri = update.output_uri
-                records.append(
-                    (stream, update.action_id.name, int(uri[uri.rfind("/") + 1 :]), t)
-                )
+                records.append((stream, update.action_id.name, int(uri[uri.rfind("/") + 1 :]), t))
             self.failures.append(f"stream {stream}: ended by the server")
         except asyncio.CancelledError:
             call.cancel()
             raise
         except grpc.aio.AioRpcError as exc:
             self.failures.append(f"stream {stream}: {exc.code().name}: {exc.details()}")
-        except Exception as exc:  # noqa: BLE001 - reported to the orchestrator
+        except Exception as exc:
             self.failures.append(f"stream {stream}: {type(exc).__name__}: {exc}")
 
     def collect(self) -> tuple[list[tuple[int, str, int, int]], list[str]]:
@@ -146,7 +144,7 @@ async def _main(conn: Connection) -> None:
             elif op == "exit":
                 await watchers.close()
                 return
-        except Exception as exc:  # noqa: BLE001 - reported to the orchestrator
+        except Exception as exc:
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 

@@ -363,6 +363,63 @@ def percentile(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- report
 
 
+def start_profile(server: Server, directory: Path, name: str) -> subprocess.Popen[bytes]:
+    """py-spy on the server's processes for the length of one run (warm-up included)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "-r", "250",
+            "-o", str(directory / f"{name}.txt"), "-p", str(server.proc.pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+_BUCKETS = [
+    ("connect_proto", "our layer (connect_proto)"),
+    ("testsvc", "handler (TestServiceImpl)"),
+    ("hypercorn", "hypercorn"),
+    ("priority/", "priority (h2 stream tree)"),
+    ("h2/", "h2 + hyperframe"),
+    ("hyperframe/", "h2 + hyperframe"),
+    ("hpack/", "hpack"),
+    ("h11/", "h11"),
+    ("trio/", "trio (scheduler, sockets)"),
+    ("asyncio/", "asyncio"),
+    ("connectrpc", "connectrpc"),
+    ("protobuf", "protobuf"),
+]
+
+
+def profile_summary(raw: Path, top: int = 12) -> str:
+    """Self time by package and the hottest functions of a py-spy raw (collapsed) file."""
+    by_bucket: dict[str, int] = {}
+    by_function: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        bucket = next((label for key, label in _BUCKETS if key in leaf), "other")
+        by_bucket[bucket] = by_bucket.get(bucket, 0) + n
+        by_function[leaf] = by_function.get(leaf, 0) + n
+    if not total:
+        return f"{raw.name}: no samples"
+    lines = [f"{raw.stem}: {total} samples, self time by package"]
+    for label, n in sorted(by_bucket.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {100 * n / total:5.1f}%  {label}")
+    lines.append("  hottest functions (self):")
+    for leaf, n in sorted(by_function.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {100 * n / total:5.1f}%  {leaf[:110]}")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -445,6 +502,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
     parser.add_argument("--protocol", choices=["connect", "grpc"], default="connect")
     parser.add_argument("--json", type=Path, help="also write results and machine info here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record every run with py-spy (pip install py-spy) into this directory and "
+        "print where the server's time goes (slower: sampling costs CPU)",
+    )
     args = parser.parse_args()
 
     h2load = shutil.which("h2load")
@@ -469,6 +532,9 @@ def main() -> None:
                 server = Server(spec, workdir)
                 try:
                     server.wait_ready(*request_body("connect"))
+                    spy = None
+                    if args.profile:
+                        spy = start_profile(server, args.profile, f"{spec.name}-{mode.name}")
                     if mode.h1:
                         rps, total, failed, non_2xx, p50, p99 = run_wrk(
                             wrk, server.url, mode, body, headers, args.duration,
@@ -480,6 +546,9 @@ def main() -> None:
                             args.warmup, workdir,
                         )  # fmt: skip
                         p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                        spy.wait(60)
                     result = Result(spec.name, mode.name, rps, p50, p99, total, failed, non_2xx)
                     time.sleep(0.3)
                     if not server.alive():
@@ -500,6 +569,10 @@ def main() -> None:
     print(f"protocol: {args.protocol}, duration {args.duration:g}s + warm-up {args.warmup:g}s")
     print()
     print(table(results))
+    if args.profile:
+        for raw in sorted(args.profile.glob("*.txt")):
+            print()
+            print(profile_summary(raw))
     if args.json:
         args.json.write_text(
             json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2)

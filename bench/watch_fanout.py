@@ -4,34 +4,41 @@
 One run reports, side by side:
 
 1. **Memory per idle stream**: server RSS growth / streams with ``--idle-streams``
-   (10,000) WatchForUpdates streams open and idle (every stream has read its snapshot
-   and sentinel; nothing changes). Checked against ``/metrics`` ``watch_streams``, which
-   must drop back to 0 when the streams close.
+   (10,000) WatchForUpdates streams open and idle: one stream per (childless) parent,
+   each has read its snapshot and sentinel, nothing changes. Checked against
+   ``/metrics`` (``actions_watch_subscribers``, or ``watch_streams`` of the older JSON
+   form), which must drop back to 0 when the streams close.
 2. **Latency under a steady update rate**: ``--parents`` (100) root actions, each with
    ``--children`` (10) child actions and ``--watchers`` (10) streams watching it, so 1,000
-   streams and every Update reaches 10 of them (the fan-out ratio). The updater sends
-   ``Update`` calls round-robin over the children at a fixed rate (open loop, paced,
-   at most one call in flight per action), stepping the rate (250, 500, 1000, 2000 /s
-   by default, a few seconds each). Each Update carries a per-action sequence number as
-   its attempt number, which every watcher gets back as the last segment of
+   streams and every Update reaches 10 of them (the fan-out ratio). After a warm-up
+   (one update per child, not reported) the updater sends ``Update`` calls round-robin
+   over the children at a fixed rate (open loop, paced, at most one call in flight per
+   action, at most 256 in all), stepping the rate (50, 100, 250, 500, 1000, 2000 /s,
+   ``--step-seconds`` each; later steps are skipped once a step's p99 passes
+   ``--stop-above-ms``). Each Update carries a per-action sequence number as its
+   attempt number, which every watcher gets back as the last segment of
    ``ActionUpdate.output_uri``. Latency = watcher receipt - the moment that ``Update``
    call returned to the updater (both ``time.monotonic_ns()``: CLOCK_MONOTONIC, one
-   clock for all processes on Linux); it can be slightly negative, since the fan-out
-   may deliver before the Update response reaches the caller.
+   clock for all processes on Linux); it can be negative, since the fan-out may
+   deliver before the Update response reaches the caller. ``server CPU ms/update`` is
+   the server's CPU time (all threads) per Update in the step, fan-out included: the
+   figure that least depends on what else the machine is running.
 
 Processes: the server (``actions-service serve --memory --port 0``), one watcher process
 (bench/_watch_client.py: grpcio's asyncio API with the flyteidl2 stubs, streams
-multiplexed over a few h2c connections) and this one (orchestrator and updater, grpcio
-asyncio). Everything binds 127.0.0.1. Each (stream, action, sequence) that should
-arrive is checked: ``delivered`` arrived as sent; ``coalesced`` did not, but a newer
-state of the same action reached that stream (the fan-out merges updates of one action
-that queue up behind a slow stream, by design); ``lost`` neither. Exit status 1 when
-anything was lost, a stream failed or an Update failed.
+multiplexed ``--streams-per-conn`` (100) to an h2c connection) and this one
+(orchestrator and updater, grpcio asyncio). Everything binds 127.0.0.1 and is stopped
+at the end. Each (stream, action, sequence) that should arrive is checked:
+``delivered`` arrived as sent; ``coalesced`` did not, but a newer state of the same
+action reached that stream (the fan-out merges updates of one action that queue up
+behind a slow stream, by design); ``lost`` neither, within ``--drain-seconds`` after
+the step. Exit status 1 when anything was lost, a stream failed or an Update failed.
 
-    python bench/watch_fanout.py                 # quick: ~1-2 minutes
-    python bench/watch_fanout.py --long          # more, longer steps
+    python bench/watch_fanout.py                 # quick: ~2 minutes
+    python bench/watch_fanout.py --long          # more rates, 15 s per step
     python bench/watch_fanout.py --rates 500,1000 --step-seconds 3 --idle-streams 0
-    python bench/watch_fanout.py --profile /tmp/prof   # py-spy the server per step
+    python bench/watch_fanout.py --profile DIR   # py-spy the server per step
+    python bench/watch_fanout.py --server-script patched.py   # A/B a patched server
 
 Aims (from the issue): p99 < 20 ms at 1,000 updates/s; < 30 KiB per idle stream.
 """
@@ -63,12 +70,14 @@ from flyteidl2.actions.actions_service_pb2_grpc import ActionsServiceStub
 from flyteidl2.common import phase_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _watch_client as wc  # noqa: E402
+import _watch_client as wc
 
 ROOT = Path(__file__).resolve().parent.parent
 LATENCY_LIMIT_MS = 50.0  # a step "holds" when its p99 stays under this
 AIM_P99_MS, AIM_RATE, AIM_KIB = 20.0, 1000, 30.0
 TICKS = os.sysconf("SC_CLK_TCK")
+QUICK_RATES = [50, 100, 250, 500, 1000, 2000]
+LONG_RATES = [50, 100, 250, 500, 750, 1000, 1500, 2000, 3000]
 
 
 # --------------------------------------------------------------------------- processes
@@ -160,10 +169,10 @@ class WatcherProcess:
         self.proc.start()
         child.close()
 
-    async def call(self, *command: Any, timeout: float = 600) -> tuple[Any, ...]:
+    async def call(self, *command: Any, wait: float = 600) -> tuple[Any, ...]:
         self.conn.send(command)
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, self.conn.poll, timeout):
+        if not await loop.run_in_executor(None, self.conn.poll, wait):
             raise RuntimeError(f"watcher process did not answer {command[0]!r}")
         reply = self.conn.recv()
         if reply[0] == "error":
@@ -462,7 +471,9 @@ async def latency_phase(
         "open", server.target, parents, args.watchers, args.streams_per_conn
     )
     print(f"latency: {opened} streams open in {seconds:.1f}s", file=sys.stderr)
-    streams_of = [list(range(p * args.watchers, (p + 1) * args.watchers)) for p in range(args.parents)]
+    streams_of = [
+        list(range(p * args.watchers, (p + 1) * args.watchers)) for p in range(args.parents)
+    ]
     updater = Updater(stub, args.parents, args.children)
     last_seen: dict[tuple[int, int], int] = {}
     info = {"streams": opened, "open_seconds": round(seconds, 2)}
@@ -536,7 +547,16 @@ def machine() -> dict[str, str]:
         if line.startswith("model name"):
             cpu = line.split(":", 1)[1].strip()
             break
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = len(git("status", "--porcelain", "--", "src").splitlines())
     return {
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (f" + {dirty} uncommitted files in src/" if dirty else ""),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "memory": f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
@@ -724,7 +744,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.rates is None:
-        args.rates = [250, 500, 750, 1000, 1500, 2000, 3000] if args.long else [250, 500, 1000, 2000]
+        args.rates = LONG_RATES if args.long else QUICK_RATES
     if args.step_seconds is None:
         args.step_seconds = 15.0 if args.long else 4.0
     return asyncio.run(run(args))

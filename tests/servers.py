@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,21 +414,6 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def testsvc_connect() -> ModuleType:
         return load_testsvc_connect()
-
-
-def wait_until_serving(url_host: str, port: int, timeout: float = STARTUP_TIMEOUT) -> None:
-    """Poll until a TCP connection to the port succeeds."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((url_host, port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from actions_harness import (
     int_literal,
     open_emulator,
     open_env,
+    store_children,
     task_req,
     update_req,
 )
@@ -271,9 +272,9 @@ async def test_api_server_down_at_start_up_then_back() -> None:
             await wait_for(lambda: len(refused.unavailable) >= 2)
             assert refused.snapshots == 0
 
-            # Back, but the informer's start-up check (namespace) keeps failing a while
-            # longer: requests are served, the watch cache is not filled yet.
-            emu.faults.fail_for(1.5, 500, path=r"^/api/v1/namespaces/flyte$")
+            # Back, but the informer's start-up check (namespace) keeps failing until
+            # reset: requests are served, while the watch cache is not filled yet.
+            emu.faults.fail_for(60, 500, path=r"^/api/v1/namespaces/flyte$")
             emu.accept_connections()
             await setup_run(Retrying(env.client))
             await wait_for(lambda: refused.snapshots >= 1)  # maybe before c3 existed
@@ -283,7 +284,8 @@ async def test_api_server_down_at_start_up_then_back() -> None:
             await env.client.update(update_req(aid("c4"), P.ACTION_PHASE_INITIALIZING))
             w = Retrying(env.client)
             await first_half(w)  # the abort of c3 (and g3) too, before the first list
-            assert not store.synced, "the informer listed too early for this test"
+            assert not store.synced
+            emu.faults.reset()
             await wait_for(lambda: store.ready() == (True, "ok"))
             # The first list delivered what changed before it (c4) and what vanished.
             await wait_for(
@@ -328,3 +330,55 @@ async def test_api_server_down_mid_run_then_back() -> None:
         assert w.unavailable
         assert [v.resyncs for v in views[:3]] == [0, 0, 0]
         await wait_for(lambda: store.ready() == (True, "ok"))
+
+
+# -- abort with a slow garbage collector ------------------------------------------------------
+
+
+async def test_abort_cascade_waits_for_the_garbage_collector() -> None:
+    """Abort deletes one object; its descendants go when the GC gets to them (level by
+    level). A child enqueued under a descendant the GC has not reached yet is accepted,
+    then collected too. Every watcher learns the fate of every descendant."""
+    async with service() as (env, views, nursery):
+        emu, store, client = env.emulator, env.store, env.client
+        await client.enqueue(task_req(ROOT))
+        await client.enqueue(task_req(aid("b1"), parent="a0"))
+        await client.enqueue(task_req(aid("c1"), parent="b1"))  # running
+        await client.enqueue(task_req(aid("c2"), parent="b1"))  # succeeded
+        await client.enqueue(task_req(aid("d1"), parent="c1"))
+        await client.update(update_req(aid("c1"), P.ACTION_PHASE_RUNNING))
+        await client.update(update_req(aid("c2"), P.ACTION_PHASE_SUCCEEDED))
+        for parent in (ROOT, aid("b1"), aid("c1")):
+            await watch(env, views, nursery, parent)
+
+        emu.faults.gc_paused = True
+        await client.abort(pb.AbortRequest(action_id=aid("b1"), reason="stop"))
+        # b1 is gone at once; its parent's watchers hear of it without the GC.
+        await wait_for(lambda: views[0].state["b1"].phase == P.ACTION_PHASE_ABORTED)
+        with pytest.raises(RpcError) as info:
+            await client.enqueue(task_req(aid("c3"), parent="b1"))
+        assert info.value.code == Code.NOT_FOUND
+        # c1 still exists (dangling owner, not collected yet): a child of it is accepted.
+        await client.enqueue(task_req(aid("d2"), parent="c1"))
+        await trio.sleep(0.2)
+        assert views[1].state["c1"].phase == P.ACTION_PHASE_RUNNING  # nothing yet
+        emu.faults.gc_paused = False
+        with trio.fail_after(10):  # the cascade, level by level
+            for parent in ("b1", "c1"):
+                while await store_children_names(store, aid(parent)):  # noqa: ASYNC110
+                    await trio.sleep(0.02)
+
+        await assert_final_views(store, views)
+        assert {n: u.phase for n, u in views[1].state.items()} == {
+            "c1": P.ACTION_PHASE_ABORTED,
+            "c2": P.ACTION_PHASE_SUCCEEDED,  # terminal: never reported ABORTED
+        }
+        assert {n: u.phase for n, u in views[2].state.items()} == {
+            "d1": P.ACTION_PHASE_ABORTED,
+            "d2": P.ACTION_PHASE_ABORTED,
+        }
+        assert all(not v.regressions and v.resyncs == 0 for v in views)
+
+
+async def store_children_names(store: Any, parent: Any) -> set[str]:
+    return set(await store_children(store, parent))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from actions_harness import (
     Env,
     StreamEnded,
     aid,
+    assert_no_leaked_threads,
     bool_literal,
     condition_req,
     int_literal,
@@ -53,6 +55,14 @@ MODES = ["direct", "wire", "wire-h2"]
 # and over the wire (Connect on HTTP/1.1; transports do not depend on the backend).
 COMBOS = [("embedded", m) for m in MODES] + [("kubernetes", "direct"), ("kubernetes", "wire")]
 COMBO_IDS = [f"{b}-{m}" for b, m in COMBOS]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_leaked_threads() -> Iterator[None]:
+    """Emulators, informer threads and servers are all stopped by the end."""
+    before = set(threading.enumerate())
+    yield
+    assert_no_leaked_threads(before)
 
 
 @pytest.fixture(params=COMBOS, ids=COMBO_IDS)

@@ -109,3 +109,68 @@ async def test_grpc_answer_before_the_body_ends_then_upload_completes(
     assert reset is h2.errors.ErrorCodes.NO_ERROR or sent == len(body)
     await stream.aclose()
     nursery.cancel_scope.cancel()
+
+
+def _grpc_headers(path: str) -> list[tuple[str, str]]:
+    return [
+        (":method", "POST"),
+        (":path", path),
+        (":scheme", "http"),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
+
+
+async def test_late_requests_during_graceful_shutdown_do_not_crash_serve() -> None:
+    """A busy client sends new calls just as the last call in flight finishes after
+    shutdown began; hypercorn used to reset them on the already closed connection and
+    ``serve`` ended with h2's ProtocolError instead of cleanly."""
+    from testsvc.v1 import test_pb2
+
+    from connect_proto.envelope import encode_envelope
+
+    app = ConnectApp([(TEST_SERVICE, TestServiceImpl())])
+    server_scope = trio.CancelScope()
+    finished: list[bool] = []
+
+    async def run_server(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        with server_scope:
+            await serve(
+                app, make_config("127.0.0.1", 0, graceful_timeout=3), task_status=task_status
+            )
+        finished.append(True)
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(run_server)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, _grpc_headers("/testsvc.v1.TestService/Sleep"))
+        body = encode_envelope(test_pb2.SleepRequest(ms=300).SerializeToString())
+        conn.send_data(1, body, end_stream=True)
+        await stream.send_all(conn.data_to_send())
+        await trio.sleep(0.1)
+        server_scope.cancel()  # shutdown begins with Sleep in flight
+        trailers: list[tuple[bytes, bytes]] = []
+        with trio.move_on_after(8):
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived) and event.stream_id == 1:
+                        trailers = list(event.headers)
+                    if isinstance(event, h2.events.StreamEnded) and event.stream_id == 1:
+                        for sid in (3, 5, 7):  # new calls before we could see GOAWAY
+                            conn.send_headers(sid, _grpc_headers("/testsvc.v1.TestService/Echo"))
+                            conn.send_data(sid, encode_envelope(b""), end_stream=True)
+                out = conn.data_to_send()
+                if out:
+                    try:
+                        await stream.send_all(out)
+                    except trio.BrokenResourceError:
+                        break
+        await stream.aclose()
+    assert (b"grpc-status", b"0") in trailers  # the call in flight finished
+    assert finished == [True]  # and serve returned instead of raising

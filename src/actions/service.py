@@ -6,7 +6,9 @@ service keeps no per-action memory, so several replicas may serve the same store
 
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -40,6 +42,11 @@ SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ActionsService"]
 
 # Status writes re-read and retry on Conflict; the bound only stops a livelock.
 MAX_CONFLICT_RETRIES: Final = 32
+# Update and Signal retry a Conflict for this long rather than a number of times: with N
+# writers racing on one object each round has one winner, so the last needs N-1 retries.
+# Backoff is exponential with full jitter, so that a storm spreads out and drains.
+CONFLICT_RETRY_SECONDS: Final = 10.0
+CONFLICT_BACKOFF_CAP: Final = 0.05
 # Annotations share a 256 KiB budget per object in Kubernetes; an abort must never fail
 # because its reason is long, so what goes on the object is cut (the log keeps it all).
 MAX_ANNOTATION_CHARS: Final = 16 * 1024
@@ -203,8 +210,9 @@ class ActionsService:
         """Read, compute, write through the status subresource; on Conflict start over
         from a fresh read so that no concurrent write is lost."""
         store = self.store
+        give_up = trio.current_time() + CONFLICT_RETRY_SECONDS
         with _store_errors():
-            for attempt in range(MAX_CONFLICT_RETRIES):
+            for attempt in itertools.count():
                 try:
                     obj = await store.get(name)
                 except NotFound:
@@ -216,8 +224,11 @@ class ActionsService:
                     await store.update_status(_with_status(obj, status))
                     return
                 except Conflict:
-                    if attempt >= 3:
-                        await trio.sleep(0.001 * attempt)
+                    if trio.current_time() >= give_up:
+                        break
+                    if attempt >= 1:
+                        ceiling = min(CONFLICT_BACKOFF_CAP, 0.001 * 2**attempt)
+                        await trio.sleep(random.uniform(0, ceiling))
                 except NotFound:
                     raise _not_found(action_id) from None
         raise RpcError(Code.ABORTED, "too many concurrent writes; retry")

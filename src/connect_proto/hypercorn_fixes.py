@@ -1,26 +1,27 @@
-"""Fixes for two hypercorn 0.18 HTTP/2 bugs that answering early makes reachable.
+"""Fixes for five hypercorn 0.18 bugs (trio worker, HTTP/2) that each end or hang a server.
 
-Answering before the whole request body has arrived is routine for an RPC server: an
-UNAUTHENTICATED refusal, a message over the size limit, a stream limit, a handler that
-stops reading. hypercorn mishandles the rest of that body in two ways:
+The first two are reached by answering before the whole request body has arrived,
+which is routine for an RPC server: an UNAUTHENTICATED refusal, a message over the
+size limit, a stream limit, a handler that stops reading. The third by load alone, the
+fourth by a busy client during graceful shutdown, the fifth by a client closing its
+connection while a response is being flushed.
 
 1. It forgets the stream once the response is complete, and the client's next DATA
    frame hits ``self.streams[stream_id]`` with a KeyError (pgjones/hypercorn#329).
    Under the trio worker that ends the whole server: one unauthenticated request with
    a large body stopped a replica. Fix: DATA for a stream hypercorn no longer tracks is
    acknowledged (so the connection's flow-control window is not leaked) and dropped.
-   The stream is deliberately not reset: RFC 9113 8.1 allows RST_STREAM(NO_ERROR)
-   after a complete response, but clients that send the whole body before reading
-   (httpx, hence our own ConnectClient) then fail with a protocol error instead of
-   seeing the answer; the cost is that a refused client finishes its upload.
+   Only after gRPC trailers is the stream also reset with NO_ERROR (RFC 9113 8.1, what
+   grpc-go does; curl waits for it). Other responses are not reset: clients that send
+   the whole body before reading (httpx, hence our own ConnectClient) would fail with
+   a protocol error instead of seeing the answer, and hyper-based clients drop unread
+   response data; the cost is that a refused client finishes its upload.
 
 2. After gRPC trailers (HEADERS with END_STREAM) it still ends the stream a second
    time (``end_stream`` for the EndBody event). h2 treats that as an invalid transition
    and marks the stream CLOSED without telling the peer, so a client still uploading
-   never gets another WINDOW_UPDATE for it and hangs. Fix: that second ``end_stream``
-   becomes RST_STREAM(NO_ERROR) while the client is still sending (what grpc-go does
-   after early trailers; gRPC clients expect it, curl needs it to finish) and a no-op
-   on a closed stream.
+   never gets another WINDOW_UPDATE for it and hangs. Fix: ``end_stream`` on a stream
+   whose sending side is already closed is a no-op.
 
 3. Its send task picks the next stream from a ``priority.PriorityTree``, which places
    new streams ahead of ones already served. A stream whose response is complete is
@@ -30,9 +31,24 @@ stops reading. hypercorn mishandles the rest of that body in two ways:
    round-robin over the unblocked streams with the same interface. Client priority
    signals are ignored, as RFC 9113 (5.3) deprecates them.
 
-Each fix wraps one hypercorn method and leaves everything else to hypercorn; events are
-still handled in order, one at a time when DATA is involved, so a stream created or
-closed earlier in the same batch is seen. ``apply()`` runs once, when
+4. Once it has sent GOAWAY during graceful shutdown, a request the client sent before
+   seeing it makes hypercorn reset the stream on the closed h2 connection; h2 raises
+   ProtocolError and ``serve`` ends with an exception instead of finishing the calls
+   in flight. Fix: on a closed connection ``reset_stream`` and ``update_settings`` do
+   nothing; the stream is left unprocessed, which is what GOAWAY's last-stream-id
+   already told the client (it retries elsewhere).
+
+5. Closing a connection (``TCPServer._close``: ``send_eof``) runs outside the send
+   lock, so a concurrent flush gets ``trio.BusyResourceError``, which nothing catches:
+   the exception ends the whole server. Fix: ``protocol_send`` treats it like the
+   broken socket it is about to be.
+
+The fixes wrap three hypercorn methods (``H2Protocol._handle_events``,
+``H2Protocol.__init__``, ``TCPServer.protocol_send``) and leave everything else to
+hypercorn; events are still
+handled in order, one at a time when DATA is involved, so a stream created or
+closed earlier in the same batch is seen; fixes 2 and 4 wrap methods of each
+connection's ``h2`` object. ``apply()`` runs once, when
 ``connect_proto.server`` is imported.
 """
 
@@ -46,10 +62,16 @@ from typing import Any
 import h2.errors
 import h2.events
 import priority
+import trio
+from h2.connection import ConnectionState
 from h2.stream import StreamState
+from hypercorn.events import Closed
 from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger("connect_proto.server")
+
+_LOCAL_DONE = (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED)
 
 _MARK = "_connect_proto_patched"
 
@@ -64,6 +86,12 @@ def _drop_data_for_forgotten_streams(original: Callable[[Any, list[Any]], Awaita
                 self.connection.acknowledge_received_data(
                     event.flow_controlled_length, event.stream_id
                 )
+                if event.flow_controlled_length and _answered_with_trailers(
+                    self.connection, event.stream_id
+                ):
+                    # Every response byte is out (trailers go last): tell the client to
+                    # stop uploading, as grpc-go does (RFC 9113 8.1).
+                    self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                 await self._flush()
                 continue
             await original(self, [event])
@@ -72,22 +100,38 @@ def _drop_data_for_forgotten_streams(original: Callable[[Any, list[Any]], Awaita
     return _handle_events
 
 
-def _guard_end_stream(connection: Any) -> None:
+def _answered_with_trailers(connection: Any, stream_id: int) -> bool:
+    machine = getattr(connection.streams.get(stream_id), "state_machine", None)
+    return (
+        machine is not None
+        and machine.state is StreamState.HALF_CLOSED_LOCAL
+        and bool(getattr(machine, "trailers_sent", False))
+    )
+
+
+def _guard_connection(connection: Any) -> None:
     end_stream = connection.end_stream
 
     def guarded(stream_id: int) -> None:
-        stream = connection.streams.get(stream_id)
-        state = getattr(getattr(stream, "state_machine", None), "state", None)
-        if state is StreamState.HALF_CLOSED_LOCAL:
-            # Trailers already ended our side while the client is still sending: say we
-            # are done, as grpc-go does (RFC 9113 8.1), instead of a second END_STREAM.
-            connection.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
-            return
-        if state is StreamState.CLOSED:
-            return
+        machine = getattr(connection.streams.get(stream_id), "state_machine", None)
+        if machine is not None and machine.state in _LOCAL_DONE:
+            return  # trailers already ended our side; a second END_STREAM would close it
         end_stream(stream_id)
 
     connection.end_stream = guarded
+
+    # Fix 4: once GOAWAY is out the h2 connection is CLOSED and sends nothing more;
+    # hypercorn still answers a late request with reset_stream and update_settings.
+    # Skipping them leaves the stream unprocessed, as GOAWAY's last-stream-id says.
+    for name in ("reset_stream", "update_settings"):
+        send = getattr(connection, name)
+
+        def unless_closed(*args: Any, _send: Callable[..., Any] = send, **kwargs: Any) -> Any:
+            if connection.state_machine.state is ConnectionState.CLOSED:
+                return None
+            return _send(*args, **kwargs)
+
+        setattr(connection, name, unless_closed)
 
 
 class FairScheduler:
@@ -152,20 +196,35 @@ class FairScheduler:
 def _with_guarded_connection(original: Callable[..., None]):
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        _guard_end_stream(self.connection)
+        _guard_connection(self.connection)
         self.priority = FairScheduler()
 
     setattr(__init__, _MARK, True)
     return __init__
 
 
+def _closing_is_not_fatal(original: Callable[[Any, Any], Awaitable[None]]):
+    async def protocol_send(self: Any, event: Any) -> None:
+        try:
+            await original(self, event)
+        except trio.BusyResourceError:
+            # Only _close() touches the socket outside hypercorn's send lock, so the
+            # connection is closing: the same outcome as a broken socket.
+            await self.protocol.handle(Closed())
+
+    setattr(protocol_send, _MARK, True)
+    return protocol_send
+
+
 def apply() -> None:
-    """Install the three fixes; idempotent. Skipped (with a warning) if hypercorn changed."""
+    """Install the fixes; idempotent. Skipped (with a warning) if hypercorn changed."""
     handle_events = getattr(H2Protocol, "_handle_events", None)
     if handle_events is None:
         log.warning("hypercorn H2Protocol has no _handle_events; early-answer fix skipped")
     elif not getattr(handle_events, _MARK, False):
         H2Protocol._handle_events = _drop_data_for_forgotten_streams(handle_events)  # type: ignore[method-assign]
+    if not getattr(TCPServer.protocol_send, _MARK, False):
+        TCPServer.protocol_send = _closing_is_not_fatal(TCPServer.protocol_send)  # type: ignore[method-assign]
     if not getattr(H2Protocol.__init__, _MARK, False):
         H2Protocol.__init__ = _with_guarded_connection(H2Protocol.__init__)  # type: ignore[method-assign]
 

@@ -282,9 +282,7 @@ class Informer:
             self._known = {n: o for n, o in self._known.items() if n not in shown}
             # The first list is news only to sinks that registered before it (started
             # while the API server was out of reach): they get every object as ADDED.
-            changes = (
-                _differences(old, items, list_rv, shown) if self._sinks or not first else []
-            )
+            changes = _differences(old, items, list_rv, shown) if self._sinks or not first else []
             self._applied_rv = int(list_rv)
             # The changes between the old watch position and this list are lost: resuming
             # from before the list is no longer possible.

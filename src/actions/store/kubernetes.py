@@ -149,7 +149,7 @@ class KubernetesStore:
             return False, "store closed"
         if not self._informer.api_reachable:
             error = self._informer.last_error or "no contact yet"
-            return False, f"Kubernetes API server unreachable: {error}"
+            return False, f"Kubernetes API server unreachable or failing: {error}"
         if not self._informer.synced:
             return False, "watch cache not synced (listing taskactions)"
         return True, "ok"
