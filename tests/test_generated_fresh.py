@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _files(base: Path) -> set[Path]:
-    return {p.relative_to(base) for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(base) for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def test_generated_code_is_fresh(tmp_path: Path) -> None:

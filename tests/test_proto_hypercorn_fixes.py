@@ -56,10 +56,12 @@ def test_new_streams_do_not_starve_old_ones() -> None:
 
 
 def test_apply_is_idempotent_and_installed() -> None:
-    handle_events, init = H2Protocol._handle_events, H2Protocol.__init__
+    from hypercorn.trio.tcp_server import TCPServer
+
+    patched = (H2Protocol._handle_events, H2Protocol.__init__, TCPServer.protocol_send)
     hypercorn_fixes.apply()
-    assert (H2Protocol._handle_events, H2Protocol.__init__) == (handle_events, init)
-    assert getattr(handle_events, "_connect_proto_patched", False)
+    assert (H2Protocol._handle_events, H2Protocol.__init__, TCPServer.protocol_send) == patched
+    assert all(getattr(f, "_connect_proto_patched", False) for f in patched)
 
 
 async def test_grpc_answer_before_the_body_ends_then_upload_completes(

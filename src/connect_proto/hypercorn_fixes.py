@@ -66,6 +66,7 @@ import trio
 from h2.connection import ConnectionState
 from h2.stream import StreamState
 from hypercorn.events import Closed
+from hypercorn.protocol.events import Body
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -81,20 +82,24 @@ def _drop_data_for_forgotten_streams(original: Callable[[Any, list[Any]], Awaita
         if not any(isinstance(e, h2.events.DataReceived) for e in events):
             await original(self, events)  # no DATA: untouched, one call
             return
+        # DATA is handled here, as hypercorn does, but looked up when reached (a stream
+        # may be created or forgotten earlier in the batch); other events go to
+        # hypercorn one at a time, in order. One flush at the end, as in hypercorn.
         for event in events:
-            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
-                self.connection.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id
-                )
-                if event.flow_controlled_length and _answered_with_trailers(
-                    self.connection, event.stream_id
-                ):
-                    # Every response byte is out (trailers go last): tell the client to
-                    # stop uploading, as grpc-go does (RFC 9113 8.1).
-                    self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
-                await self._flush()
+            if not isinstance(event, h2.events.DataReceived):
+                await original(self, [event])
                 continue
-            await original(self, [event])
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                await stream.handle(Body(stream_id=event.stream_id, data=event.data))
+            elif event.flow_controlled_length and _answered_with_trailers(
+                self.connection, event.stream_id
+            ):
+                # Every response byte is out (trailers go last): tell the client to stop
+                # uploading, as grpc-go does (RFC 9113 8.1).
+                self.connection.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            self.connection.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        await self._flush()
 
     setattr(_handle_events, _MARK, True)
     return _handle_events
