@@ -46,7 +46,7 @@ from flyteidl2.core.tasks_pb2 import TaskTemplate
 from flyteidl2.workflow.run_definition_pb2 import ConditionAction
 
 from actions import naming
-from actions.store.errors import OwnerTerminating
+from actions.store.errors import Invalid, OwnerTerminating
 from connect_proto.errors import Code, RpcError
 
 P = phase_pb2
@@ -305,6 +305,34 @@ async def test_enqueue_child_of_parent_being_deleted_is_aborted(
     async with open_env(mode, wrap_store=wrap, backend=backend) as env:
         await env.client.enqueue(task_req(aid("a0")))
         await expect_code(Code.ABORTED, env.client.enqueue(task_req(aid("c1"), parent="a0")))
+
+
+class _RefusesWrites:
+    """A store that refuses every write as Invalid, as one that disagrees with the
+    service's mapping would: a bug in the service, not in the request."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def create(self, obj: Any) -> Any:
+        raise Invalid("metadata.labels: Invalid value")
+
+    async def patch_annotations(self, name: str, annotations: Any) -> Any:
+        raise Invalid("metadata.annotations: Too long")
+
+
+@pytest.mark.parametrize("mode", ["direct", "wire"])
+async def test_store_invalid_is_internal_and_logged(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_env(mode, wrap_store=_RefusesWrites) as env:
+        err = await expect_code(Code.INTERNAL, env.client.enqueue(task_req(aid("a0"))))
+        assert "Invalid value" not in err.message  # the store's words stay in the log
+        assert "store rejected a request" in caplog.text
+        await expect_code(Code.INTERNAL, env.client.abort(pb.AbortRequest(action_id=aid("a0"))))
 
 
 # -- Update ----------------------------------------------------------------------------

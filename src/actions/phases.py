@@ -53,7 +53,6 @@ _PROGRESSING_PHASE: Final = {
 _FAILED_PHASE: Final = {"TimedOut": TIMED_OUT, "Aborted": ABORTED}
 
 _NAMES: Final = {v: phase_pb2.ActionPhase.Name(v).removeprefix("ACTION_PHASE_") for v in KNOWN}
-_BY_NAME: Final = {n: v for v, n in _NAMES.items()}
 
 
 def is_terminal(phase: Phase) -> bool:
@@ -63,10 +62,6 @@ def is_terminal(phase: Phase) -> bool:
 def name(phase: Phase) -> str:
     """Short name used in the phase history (``QUEUED``, ``RUNNING`` ...)."""
     return _NAMES.get(phase, str(phase))
-
-
-def from_name(value: str) -> Phase:
-    return _BY_NAME.get(value, UNSPECIFIED)
 
 
 def phase_of(status: dict[str, Any] | None) -> Phase:

@@ -26,7 +26,6 @@ from actions.store.errors import (
     AlreadyExists,
     Conflict,
     Gone,
-    Invalid,
     NotFound,
     OwnerTerminating,
     StoreError,
@@ -59,18 +58,22 @@ Send = Callable[[pb.WatchForUpdatesResponse], Awaitable[None]]
 
 @contextmanager
 def _store_errors() -> Iterator[None]:
-    """Store failures that no handler expects, mapped to retryable RPC codes."""
+    """Store failures that no handler handles itself, as RPC errors: an unreachable store
+    (or a change log that moved on) is UNAVAILABLE, for the client to retry; anything
+    else the store refuses is INTERNAL, logged.
+
+    That includes ``Invalid``: every object and annotation the service sends is built
+    from a request that passed ``validate`` (names and label values encoded to fit,
+    annotation values cut to ``MAX_ANNOTATION_CHARS``), so a store that still refuses
+    one has found a bug in this service, not in the request."""
     try:
         yield
     except (StoreUnavailable, Gone) as exc:
         raise RpcError(Code.UNAVAILABLE, f"store unavailable: {exc}") from exc
     except (Conflict, AlreadyExists, NotFound, OwnerTerminating):
         raise
-    except Invalid as exc:
-        # The request produced an object the store refuses (an oversized annotation...).
-        raise RpcError(Code.INVALID_ARGUMENT, str(exc)) from exc
     except StoreError as exc:
-        log.exception("store rejected a write")
+        log.exception("store rejected a request")
         raise RpcError(Code.INTERNAL, "store rejected the request") from exc
 
 
@@ -144,19 +147,14 @@ class ActionsService:
         parent_name = mapping.parent_name_of(action)
         parent: KubeObject | None = None
         with _store_errors():
-            if parent_name:
-                pname = naming.parent_object_name(action.action_id.run, parent_name)
-                try:
-                    parent = await store.get(pname)
-                except NotFound:
-                    raise RpcError(
-                        Code.NOT_FOUND, f"parent action {parent_name!r} not found"
-                    ) from None
-                if parent["metadata"].get("deletionTimestamp"):
-                    raise RpcError(Code.ABORTED, f"parent action {parent_name!r} is being deleted")
-            obj = mapping.new_object(request, self.namespace, parent)
             try:
-                created = await store.create(obj)
+                if parent_name:
+                    pname = naming.parent_object_name(action.action_id.run, parent_name)
+                    parent = await store.get(pname)
+                    if parent["metadata"].get("deletionTimestamp"):
+                        # What create would say (the owner is terminating), said early.
+                        raise OwnerTerminating(pname)
+                created = await store.create(mapping.new_object(request, self.namespace, parent))
             except AlreadyExists:
                 raise RpcError(
                     Code.ALREADY_EXISTS, f"action {action.action_id.name!r} already exists"
@@ -165,7 +163,7 @@ class ActionsService:
                 raise RpcError(
                     Code.ABORTED, f"parent action {parent_name!r} is being deleted"
                 ) from None
-            except NotFound:
+            except NotFound:  # the parent, read here or checked by create
                 raise RpcError(Code.NOT_FOUND, f"parent action {parent_name!r} not found") from None
             await self._write_initial_status(created, action)
         return pb.EnqueueResponse()

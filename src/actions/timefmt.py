@@ -14,9 +14,3 @@ def now() -> str:
 
 def from_timestamp(ts: Timestamp) -> str:
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def to_timestamp(value: str) -> Timestamp:
-    ts = Timestamp()
-    ts.FromJsonString(value)
-    return ts

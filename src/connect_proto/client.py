@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -83,18 +84,56 @@ class ConnectClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _request_headers(
-        self, content_type: str, extra: Mapping[str, str] | None, timeout_ms: int | None
-    ) -> dict[str, str]:
+    def _encode_request(
+        self,
+        request: Message,
+        extra: Mapping[str, str] | None,
+        timeout_ms: int | None,
+        *,
+        streaming: bool,
+    ) -> tuple[dict[str, str], bytes]:
+        """Headers and body of a call. A streaming call names its content type and
+        encodings with ``connect+`` / ``connect-`` and wraps the body in an envelope."""
+        prefix = "connect-" if streaming else ""
         headers = {
             **self._headers,
-            "content-type": content_type,
+            "content-type": f"application/{'connect+' if streaming else ''}{self._codec.name}",
             "connect-protocol-version": "1",
             **(extra or {}),
         }
         if timeout_ms is not None:
             headers["connect-timeout-ms"] = str(timeout_ms)
-        return headers
+        headers[prefix + "accept-encoding"] = self._accept
+        body = self._codec.encode(request)
+        flags = 0
+        if self._compressor is not None and body:
+            body = self._compressor.compress(body)
+            headers[prefix + "content-encoding"] = self._compressor.name
+            flags = FLAG_COMPRESSED
+        if streaming:
+            body = encode_envelope(body, flags)
+        return headers, body
+
+    @asynccontextmanager
+    async def _post(
+        self,
+        path: str,
+        request: Message,
+        headers: Mapping[str, str] | None,
+        timeout_ms: int | None,
+        *,
+        streaming: bool,
+    ) -> AsyncIterator[httpx.Response]:
+        """POST one call; a transport failure (also while the body is read) is
+        UNAVAILABLE."""
+        hdrs, body = self._encode_request(request, headers, timeout_ms, streaming=streaming)
+        try:
+            async with self._http.stream(
+                "POST", path, content=body, headers=hdrs, timeout=self._http_timeout(timeout_ms)
+            ) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise RpcError(Code.UNAVAILABLE, f"transport: {exc}") from exc
 
     def _http_timeout(self, timeout_ms: int | None) -> float:
         # The server enforces the deadline; give it room to say so before we give up.
@@ -124,23 +163,12 @@ class ConnectClient:
         timeout_ms: int | None = None,
     ) -> UnaryResult[M]:
         """Like ``unary`` but also returns response headers and trailers."""
-        hdrs = self._request_headers(f"application/{self._codec.name}", headers, timeout_ms)
-        hdrs["accept-encoding"] = self._accept
-        body = self._codec.encode(request)
-        if self._compressor is not None and body:
-            body = self._compressor.compress(body)
-            hdrs["content-encoding"] = self._compressor.name
-        try:
-            async with self._http.stream(
-                "POST", path, content=body, headers=hdrs, timeout=self._http_timeout(timeout_ms)
-            ) as response:
-                raw = b""
-                async for chunk in response.aiter_raw():
-                    raw += chunk
-                    if len(raw) > self._max * 2 + 1024:
-                        raise RpcError(Code.RESOURCE_EXHAUSTED, "response too large")
-        except httpx.TransportError as exc:
-            raise RpcError(Code.UNAVAILABLE, f"transport: {exc}") from exc
+        async with self._post(path, request, headers, timeout_ms, streaming=False) as response:
+            raw = b""
+            async for chunk in response.aiter_raw():
+                raw += chunk
+                if len(raw) > self._max * 2 + 1024:
+                    raise RpcError(Code.RESOURCE_EXHAUSTED, "response too large")
         payload = self._inflate(raw, response.headers.get("content-encoding"))
         response_headers = Headers()
         trailers = Headers()
@@ -171,44 +199,27 @@ class ConnectClient:
         timeout_ms: int | None = None,
     ) -> AsyncIterator[M]:
         """Yield each response; raise RpcError on an end-stream error or a missing end."""
-        hdrs = self._request_headers(f"application/connect+{self._codec.name}", headers, timeout_ms)
-        hdrs["connect-accept-encoding"] = self._accept
-        payload = self._codec.encode(request)
-        flags = 0
-        if self._compressor is not None and payload:
-            payload = self._compressor.compress(payload)
-            hdrs["connect-content-encoding"] = self._compressor.name
-            flags = FLAG_COMPRESSED
-        try:
-            async with self._http.stream(
-                "POST",
-                path,
-                content=encode_envelope(payload, flags),
-                headers=hdrs,
-                timeout=self._http_timeout(timeout_ms),
-            ) as response:
-                if response.status_code != 200:
-                    raw = await response.aread()
-                    raise _error_from_response(response.status_code, response.headers, raw)
-                encoding = response.headers.get("connect-content-encoding")
-                decoder = EnvelopeDecoder(self._max)
-                ended = False
-                async for chunk in response.aiter_raw():
-                    for flags, data in decoder.feed(chunk):
-                        if ended:
-                            raise RpcError(Code.INTERNAL, "data after the end-stream message")
-                        if flags & FLAG_COMPRESSED:
-                            data = self._inflate(data, encoding)
-                        if flags & FLAG_END_STREAM:
-                            ended = True
-                            _raise_end_stream(data)
-                            continue
-                        yield self._codec.decode(data, response_type)
-                decoder.close()
-                if not ended:
-                    raise RpcError(Code.INTERNAL, "stream ended without an end-stream message")
-        except httpx.TransportError as exc:
-            raise RpcError(Code.UNAVAILABLE, f"transport: {exc}") from exc
+        async with self._post(path, request, headers, timeout_ms, streaming=True) as response:
+            if response.status_code != 200:
+                raw = await response.aread()
+                raise _error_from_response(response.status_code, response.headers, raw)
+            encoding = response.headers.get("connect-content-encoding")
+            decoder = EnvelopeDecoder(self._max)
+            ended = False
+            async for chunk in response.aiter_raw():
+                for flags, data in decoder.feed(chunk):
+                    if ended:
+                        raise RpcError(Code.INTERNAL, "data after the end-stream message")
+                    if flags & FLAG_COMPRESSED:
+                        data = self._inflate(data, encoding)
+                    if flags & FLAG_END_STREAM:
+                        ended = True
+                        _raise_end_stream(data)
+                        continue
+                    yield self._codec.decode(data, response_type)
+            decoder.close()
+            if not ended:
+                raise RpcError(Code.INTERNAL, "stream ended without an end-stream message")
 
 
 def _error_from_response(status: int, headers: httpx.Headers, body: bytes) -> RpcError:

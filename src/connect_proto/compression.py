@@ -60,11 +60,6 @@ class GzipCompressor:
 COMPRESSORS: dict[str, Compressor] = {"gzip": GzipCompressor()}
 
 
-def supported_names(compressors: Mapping[str, Compressor]) -> str:
-    """The value of an Accept-Encoding style header: the server's list, comma-joined."""
-    return ",".join(compressors)
-
-
 def parse_encoding_list(values: Iterable[str]) -> list[str]:
     """Split (possibly repeated) Accept-Encoding values; q-values are tolerated and ignored."""
     names: list[str] = []

@@ -28,8 +28,12 @@ class StreamLimiter:
             raise ValueError("max_streams must be >= 0")
         self.max_streams = max_streams
         self.per_method = dict(per_method or {})
-        self.open = 0
-        self.open_by_method: dict[str, int] = {}
+        self.open_by_method: dict[str, int] = {}  # path -> open streams (no zero entries)
+
+    @property
+    def open(self) -> int:
+        """Open streams in all."""
+        return sum(self.open_by_method.values())
 
     def bind(self, routes: Mapping[str, Route]) -> None:
         for path, bound in self.per_method.items():
@@ -40,9 +44,6 @@ class StreamLimiter:
                 raise ValueError(f"stream limit for {path}, which does not stream responses")
             if bound < 0:
                 raise ValueError(f"stream limit for {path} must be >= 0")
-
-    def applies_to(self, route: Route) -> bool:
-        return route.kind in STREAMING_KINDS
 
     def acquire(self, path: str) -> RpcError | None:
         """Take a slot for a new stream on ``path``, or return the refusal."""
@@ -58,12 +59,10 @@ class StreamLimiter:
                 Code.RESOURCE_EXHAUSTED,
                 f"too many open streams for {path}: the server allows {method_bound}; retry later",
             )
-        self.open += 1
         self.open_by_method[path] = current + 1
         return None
 
     def release(self, path: str) -> None:
-        self.open -= 1
         left = self.open_by_method[path] - 1
         if left:
             self.open_by_method[path] = left

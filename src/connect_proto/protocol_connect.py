@@ -107,6 +107,25 @@ def _timeout(headers: Headers) -> float | None:
 # Unary ------------------------------------------------------------------------------
 
 
+def _negotiate_compression(call: ServerCall, prefix: str) -> None:
+    """Set the call's compressors from ``<prefix>content-encoding`` and
+    ``<prefix>accept-encoding`` (prefix "" for unary, "connect-" for streaming). The
+    response compressor is set even when the request's encoding is refused."""
+    headers = call.request.headers
+    accept = headers.get_all(prefix + "accept-encoding")
+    compressors = call.config.compressors
+    try:
+        call.request_compressor = request_compressor(
+            headers.get(prefix + "content-encoding"), compressors
+        )
+    finally:
+        call.response_compressor = negotiate_response(
+            parse_encoding_list(accept) if accept else None,
+            call.request_compressor,
+            compressors,
+        )
+
+
 class ConnectUnaryCall(ServerCall):
     """Connect unary over POST (bare message body) or GET (message in the query)."""
 
@@ -149,16 +168,7 @@ class ConnectUnaryCall(ServerCall):
                 self._get_payload = message
         else:
             _check_version(headers)
-            try:
-                self.request_compressor = request_compressor(
-                    headers.get("content-encoding"), compressors
-                )
-            finally:
-                self.response_compressor = negotiate_response(
-                    parse_encoding_list(accept) if accept else None,
-                    self.request_compressor,
-                    compressors,
-                )
+            _negotiate_compression(self, "")
             if self.request_compressor is not None:
                 # Compressed bytes may slightly exceed the uncompressed limit.
                 self._wire_limit = self.config.max_message_size * 101 // 100 + 1024
@@ -249,19 +259,8 @@ class ConnectStreamCall(ServerCall):
 
     def negotiate(self) -> float | None:
         headers = self.request.headers
-        accept = headers.get_all("connect-accept-encoding")
-        compressors = self.config.compressors
         _check_version(headers)
-        try:
-            self.request_compressor = request_compressor(
-                headers.get("connect-content-encoding"), compressors
-            )
-        finally:
-            self.response_compressor = negotiate_response(
-                parse_encoding_list(accept) if accept else None,
-                self.request_compressor,
-                compressors,
-            )
+        _negotiate_compression(self, "connect-")
         return _timeout(headers)
 
     def _messages(self, envelopes: list[Any]) -> list[Message]:

@@ -216,6 +216,11 @@ def invalid_object(group_kind: str, kind: str, group: str, name: str, errs: list
     return StatusError(422, "Invalid", f'{group_kind} "{name}" is invalid: {text}', details)
 
 
+def invalid_list_options(err: FieldError) -> StatusError:
+    """422 Invalid for a bad list or watch query (``ListOptions "" is invalid: ...``)."""
+    return invalid_object("ListOptions", "", "", "", [err])
+
+
 def bad_request(message: str) -> StatusError:
     return StatusError(400, "BadRequest", message)
 
@@ -256,10 +261,6 @@ def internal_error(message: str) -> StatusError:
         f"Internal error occurred: {message}",
         {"causes": [{"message": message}]},
     )
-
-
-def service_unavailable(message: str = "the server is currently unable to handle the request"):
-    return StatusError(503, "ServiceUnavailable", message)
 
 
 def expired(message: str, continue_token: str | None = None) -> StatusError:

@@ -28,9 +28,7 @@ class ErrorRule:
     hits: int = 0
 
     def matches(self, method: str, path: str, now: float) -> bool:
-        if self.until is not None and now >= self.until:
-            return False
-        if self.count is not None and self.count <= 0:
+        if self.expired(now):
             return False
         if self.verbs is not None and method.upper() not in self.verbs:
             return False

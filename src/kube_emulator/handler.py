@@ -287,16 +287,8 @@ class ApiHandler(BaseHTTPRequestHandler):
                 self._watch(route, query)
                 return
             if query.get("sendInitialEvents"):
-                raise errors.invalid_object(
-                    "ListOptions",
-                    "",
-                    "",
-                    "",
-                    [
-                        errors.forbidden(
-                            "sendInitialEvents", "sendInitialEvents is forbidden for list"
-                        )
-                    ],
+                raise errors.invalid_list_options(
+                    errors.forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
                 )
             limit = _int_param(query, "limit")
             result = store.list(

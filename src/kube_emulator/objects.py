@@ -29,10 +29,6 @@ def meta(obj: dict[str, Any]) -> dict[str, Any]:
     return obj.get("metadata") or {}
 
 
-def rv_of(obj: dict[str, Any]) -> str:
-    return meta(obj).get("resourceVersion", "")
-
-
 def with_rv(obj: dict[str, Any], rv: int) -> dict[str, Any]:
     """Shallow-copy ``obj`` with a new resourceVersion; stored dicts are never mutated."""
     out = dict(obj)

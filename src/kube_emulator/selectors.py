@@ -187,21 +187,13 @@ NAMESPACE_FIELD_GETTERS: dict[str, FieldGetter] = {
 @dataclass(frozen=True)
 class FieldSelector:
     terms: tuple[tuple[str, str, str], ...] = ()  # (field, op, value)
-    getters: tuple[tuple[str, FieldGetter], ...] = ()
+    getters: tuple[FieldGetter, ...] = ()  # one per term: the getter of its field
 
     def matches(self, obj: dict[str, Any]) -> bool:
-        getters = dict(self.getters)
-        for field_name, op, value in self.terms:
-            have = getters[field_name](obj)
-            if (have == value) != (op == "="):
+        for (_, op, value), get in zip(self.terms, self.getters, strict=True):
+            if (get(obj) == value) != (op == "="):
                 return False
         return True
-
-    def exact_name(self) -> str | None:
-        for field_name, op, value in self.terms:
-            if field_name == "metadata.name" and op == "=":
-                return value
-        return None
 
 
 def parse_field_selector(
@@ -224,7 +216,7 @@ def parse_field_selector(
         if field_name not in getters:
             raise bad_request(f"field label not supported: {field_name}")
         terms.append((field_name, op, value.replace("\\,", ",").replace("\\=", "=")))
-    return FieldSelector(tuple(terms), tuple(getters.items()))
+    return FieldSelector(tuple(terms), tuple(getters[name] for name, _, _ in terms))
 
 
 def _field_operator(term: str) -> str | None:

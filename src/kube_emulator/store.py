@@ -296,10 +296,8 @@ class Store:
                 f"the expected API version ({rtype.api_version(version)})"
             )
         if body["kind"] != rtype.kind:
-            raise errors.invalid_object(
-                rtype.group_kind,
-                rtype.plural,
-                rtype.group,
+            raise _invalid(
+                rtype,
                 meta(body).get("name", ""),
                 [errors.invalid("kind", body["kind"], f"must be {rtype.kind}")],
             )
@@ -336,9 +334,7 @@ class Store:
                 for p in crd_errors(obj)
             ]
         if errs:
-            raise errors.invalid_object(
-                rtype.group_kind, rtype.plural, rtype.group, meta(obj).get("name", ""), errs
-            )
+            raise _invalid(rtype, meta(obj).get("name", ""), errs)
         return obj
 
     def _check_url_identity(
@@ -470,25 +466,15 @@ class Store:
         continue_token: str | None = None,
     ) -> dict[str, Any]:
         if rv_match and not resource_version:
-            raise errors.invalid_object(
-                "ListOptions",
-                "",
-                "",
-                "",
-                [
-                    errors.forbidden(
-                        "resourceVersionMatch",
-                        "resourceVersionMatch is forbidden unless resourceVersion is provided",
-                    )
-                ],
+            raise errors.invalid_list_options(
+                errors.forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                )
             )
         if rv_match and rv_match not in ("Exact", "NotOlderThan"):
-            raise errors.invalid_object(
-                "ListOptions",
-                "",
-                "",
-                "",
-                [errors.not_supported("resourceVersionMatch", rv_match, ["Exact", "NotOlderThan"])],
+            raise errors.invalid_list_options(
+                errors.not_supported("resourceVersionMatch", rv_match, ["Exact", "NotOlderThan"])
             )
         start = ""
         snapshot: int | None = None
@@ -580,10 +566,8 @@ class Store:
             current = self.get(rtype, namespace, name)
             sent_rv = meta(body).get("resourceVersion")
             if not sent_rv:
-                raise errors.invalid_object(
-                    rtype.group_kind,
-                    rtype.plural,
-                    rtype.group,
+                raise _invalid(
+                    rtype,
                     name,
                     [
                         errors.invalid(
@@ -653,7 +637,7 @@ class Store:
         if is_deleting(current):
             errs = forbid_new_finalizers(finalizers(current), finalizers(new))
             if errs:
-                raise errors.invalid_object(rtype.group_kind, rtype.plural, rtype.group, name, errs)
+                raise _invalid(rtype, name, errs)
         skip_status = rtype.status_subresource
         if non_metadata(new, skip_status=skip_status) != non_metadata(
             current, skip_status=skip_status
@@ -678,12 +662,8 @@ class Store:
         cur_meta = meta(current)
         name = cur_meta["name"]
         if md.get("uid") and md["uid"] != cur_meta["uid"]:
-            raise errors.invalid_object(
-                rtype.group_kind,
-                rtype.plural,
-                rtype.group,
-                name,
-                [errors.invalid("metadata.uid", md["uid"], "field is immutable")],
+            raise _invalid(
+                rtype, name, [errors.invalid("metadata.uid", md["uid"], "field is immutable")]
             )
         md["uid"] = cur_meta["uid"]
         md["name"] = name
@@ -876,3 +856,8 @@ def _crd_status(
         ],
         "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
     }
+
+
+def _invalid(rtype: ResourceType, name: str, errs: list[errors.FieldError]) -> StatusError:
+    """422 Invalid for an object of ``rtype``."""
+    return errors.invalid_object(rtype.group_kind, rtype.plural, rtype.group, name, errs)

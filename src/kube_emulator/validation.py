@@ -36,8 +36,6 @@ LABEL_VALUE_MSG = (
     "'(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
 )
 
-STANDARD_FINALIZERS = frozenset({"kubernetes", "orphan", "foregroundDeletion"})
-
 
 def is_dns1123_subdomain(value: str) -> bool:
     return len(value) <= 253 and bool(DNS1123_SUBDOMAIN_RE.match(value))

@@ -49,31 +49,19 @@ class WatchRequest:
         if self.resource_version:
             parse_rv(self.resource_version)
         if self.rv_match and not self.send_initial_events:
-            raise errors.invalid_object(
-                "ListOptions",
-                "",
-                "",
-                "",
-                [
-                    errors.forbidden(
-                        "resourceVersionMatch",
-                        "resourceVersionMatch is forbidden for watch unless "
-                        "sendInitialEvents is provided",
-                    )
-                ],
+            raise errors.invalid_list_options(
+                errors.forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless "
+                    "sendInitialEvents is provided",
+                )
             )
         if self.send_initial_events and self.rv_match != "NotOlderThan":
-            raise errors.invalid_object(
-                "ListOptions",
-                "",
-                "",
-                "",
-                [
-                    errors.forbidden(
-                        "resourceVersionMatch",
-                        "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
-                    )
-                ],
+            raise errors.invalid_list_options(
+                errors.forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                )
             )
 
 

@@ -235,17 +235,21 @@ class Informer:
         if delay:
             self._stop.wait(delay)
 
-    def _probe(self) -> None:
+    def _list(self, **kwargs: Any) -> KubeObject:
+        """One list request for the namespace's taskactions, after the rate limiter."""
         self._throttle()
-        call(
+        return call(
             self._api.list_namespaced_custom_object,
             _meta.GROUP,
             _meta.VERSION,
             self._namespace,
             _meta.PLURAL,
-            limit=1,
             _request_timeout=self._settings.timeouts,
+            **kwargs,
         )
+
+    def _probe(self) -> None:
+        self._list(limit=1)
         self.api_reachable = True
         self.last_error = None
 
@@ -253,19 +257,10 @@ class Informer:
         items: dict[str, KubeObject] = {}
         token: str | None = None
         while True:  # pages of one snapshot: same list resourceVersion throughout
-            self._throttle()
             kwargs: dict[str, Any] = {"limit": _LIST_PAGE}
             if token:
                 kwargs["_continue"] = token
-            page = call(
-                self._api.list_namespaced_custom_object,
-                _meta.GROUP,
-                _meta.VERSION,
-                self._namespace,
-                _meta.PLURAL,
-                _request_timeout=self._settings.timeouts,
-                **kwargs,
-            )
+            page = self._list(**kwargs)
             for item in page.get("items") or []:
                 items[item["metadata"]["name"]] = item
             token = (page.get("metadata") or {}).get("continue")

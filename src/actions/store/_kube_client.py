@@ -129,28 +129,30 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)
 
 
-def status_reason(exc: ApiException) -> str:
-    """The Status ``reason`` of an error body (bytes before client v37, str after)."""
+def _status(exc: ApiException) -> tuple[dict[str, Any], str | None]:
+    """The Status object of an error body, and the body's text when it is not JSON at all
+    (the body is bytes before client v37, str after)."""
     body = exc.body
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
-        return ""
-    return str(parsed.get("reason", "")) if isinstance(parsed, dict) else ""
+        return {}, body
+    return (parsed if isinstance(parsed, dict) else {}), None
+
+
+def status_reason(exc: ApiException) -> str:
+    """The Status ``reason`` of an error body ("" when there is none)."""
+    return str(_status(exc)[0].get("reason", ""))
 
 
 def status_message(exc: ApiException) -> str:
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    try:
-        parsed = json.loads(body) if body else {}
-    except ValueError:
-        return str(body or exc.reason)
-    if isinstance(parsed, dict) and parsed.get("message"):
-        return str(parsed["message"])
+    status, text = _status(exc)
+    if text is not None:
+        return str(text or exc.reason)
+    if status.get("message"):
+        return str(status["message"])
     return str(exc.reason)
 
 

@@ -44,6 +44,21 @@ def _read_changes(conn: sqlite3.Connection, *, after: int) -> list[tuple[int, st
     return _sqlite.read(conn, lambda c: _sqlite.read_changes(c, after, _BATCH))
 
 
+def _open_files(
+    path: Path, synchronous: Synchronous
+) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """The writer and reader connections of a store file, its schema created."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = _sqlite.connect(path, synchronous)
+    try:
+        _sqlite.init_schema(writer)
+        reader = _sqlite.connect(path, synchronous)
+    except BaseException:
+        writer.close()
+        raise
+    return writer, reader
+
+
 class EmbeddedStore:
     """A ``Store`` on SQLite. Create it with ``await EmbeddedStore.open(...)``."""
 
@@ -91,37 +106,21 @@ class EmbeddedStore:
             raise Invalid(f"namespace {namespace!r} is not a DNS-1123 label")
         if change_retention < 1:
             raise ValueError("change_retention must be at least 1")
+        path: Path | None = None
         if data_dir is None:
             conn = _sqlite.connect(None, synchronous)
             _sqlite.init_schema(conn)
-            shared = Connection(conn, trio.CapacityLimiter(1))
-            return cls(
-                namespace=namespace,
-                writer=shared,
-                reader=shared,
-                path=None,
-                poll_interval=poll_interval,
-                change_retention=change_retention,
-            )
-        path = Path(data_dir) / f"{namespace}.sqlite3"
-
-        def _open() -> tuple[sqlite3.Connection, sqlite3.Connection]:
+            writer = reader = Connection(conn, trio.CapacityLimiter(1))
+        else:
+            path = Path(data_dir) / f"{namespace}.sqlite3"
             # File I/O and possibly a wait for another process's lock: off the trio thread.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = _sqlite.connect(path, synchronous)
-            try:
-                _sqlite.init_schema(writer)
-                reader = _sqlite.connect(path, synchronous)
-            except BaseException:
-                writer.close()
-                raise
-            return writer, reader
-
-        writer, reader = await trio.to_thread.run_sync(_open)
+            write_conn, read_conn = await trio.to_thread.run_sync(_open_files, path, synchronous)
+            writer = Connection(write_conn, trio.CapacityLimiter(1))
+            reader = Connection(read_conn, trio.CapacityLimiter(1))
         return cls(
             namespace=namespace,
-            writer=Connection(writer, trio.CapacityLimiter(1)),
-            reader=Connection(reader, trio.CapacityLimiter(1)),
+            writer=writer,
+            reader=reader,
             path=path,
             poll_interval=poll_interval,
             change_retention=change_retention,

@@ -166,14 +166,17 @@ class KubernetesStore:
     # -- requests ---------------------------------------------------------------------
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn``, a ``CustomObjectsApi`` method on namespaced objects, on this store's
+        taskactions: group, version, namespace and plural come before ``args``."""
         if self._closed.is_set():
             raise StoreUnavailable("the store is closed")
         delay = self._bucket.reserve()
         if delay:
             await trio.sleep(delay)
         kwargs.setdefault("_request_timeout", self._settings.timeouts)
+        coordinates = (_meta.GROUP, _meta.VERSION, self.namespace, _meta.PLURAL)
         return await trio.to_thread.run_sync(
-            partial(call, fn, *args, **kwargs), limiter=self._limiter
+            partial(call, fn, *coordinates, *args, **kwargs), limiter=self._limiter
         )
 
     async def _check_namespace(self, create: bool) -> None:
@@ -187,14 +190,7 @@ class KubernetesStore:
             await self._check_owner(ref)
         body = _meta.copy_json(obj)
         body["metadata"]["namespace"] = self.namespace
-        created = await self._call(
-            self._api.create_namespaced_custom_object,
-            _meta.GROUP,
-            _meta.VERSION,
-            self.namespace,
-            _meta.PLURAL,
-            body,
-        )
+        created = await self._call(self._api.create_namespaced_custom_object, body)
         return self._shown(created)
 
     def _shown(self, obj: KubeObject) -> KubeObject:
@@ -217,14 +213,7 @@ class KubernetesStore:
             raise OwnerTerminating(f'owner {_meta.RESOURCE} "{ref["name"]}" is being deleted')
 
     async def get(self, name: str) -> KubeObject:
-        obj = await self._call(
-            self._api.get_namespaced_custom_object,
-            _meta.GROUP,
-            _meta.VERSION,
-            self.namespace,
-            _meta.PLURAL,
-            name,
-        )
+        obj = await self._call(self._api.get_namespaced_custom_object, name)
         return self._shown(obj)
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
@@ -238,14 +227,7 @@ class KubernetesStore:
                 kwargs["label_selector"] = selector
             if token:
                 kwargs["_continue"] = token
-            page = await self._call(
-                self._api.list_namespaced_custom_object,
-                _meta.GROUP,
-                _meta.VERSION,
-                self.namespace,
-                _meta.PLURAL,
-                **kwargs,
-            )
+            page = await self._call(self._api.list_namespaced_custom_object, **kwargs)
             items.extend(page.get("items") or [])
             token = (page.get("metadata") or {}).get("continue")
             if not token:
@@ -258,13 +240,7 @@ class KubernetesStore:
         if not meta.get("resourceVersion"):
             raise Invalid("metadata.resourceVersion: must be specified for an update")
         updated = await self._call(
-            self._api.replace_namespaced_custom_object_status,
-            _meta.GROUP,
-            _meta.VERSION,
-            self.namespace,
-            _meta.PLURAL,
-            meta["name"],
-            obj,
+            self._api.replace_namespaced_custom_object_status, meta["name"], obj
         )
         return self._shown(updated)
 
@@ -275,10 +251,6 @@ class KubernetesStore:
         # A dict body goes out as a JSON merge patch (the client's default for CRs).
         patched = await self._call(
             self._api.patch_namespaced_custom_object,
-            _meta.GROUP,
-            _meta.VERSION,
-            self.namespace,
-            _meta.PLURAL,
             name,
             {"metadata": {"annotations": annotations}},
         )
@@ -289,13 +261,7 @@ class KubernetesStore:
             raise Invalid(f"propagationPolicy: Unsupported value: {propagation!r}")
         # Explicit policy in the body (a body makes the server ignore query options).
         await self._call(
-            self._api.delete_namespaced_custom_object,
-            _meta.GROUP,
-            _meta.VERSION,
-            self.namespace,
-            _meta.PLURAL,
-            name,
-            body={"propagationPolicy": propagation},
+            self._api.delete_namespaced_custom_object, name, body={"propagationPolicy": propagation}
         )
 
     # -- cache and change stream --------------------------------------------------------
@@ -320,14 +286,7 @@ class KubernetesStore:
             # starts exactly where the embedded store's does.
             sink = Sink(send, 0)
             try:
-                now = await self._call(
-                    self._api.list_namespaced_custom_object,
-                    _meta.GROUP,
-                    _meta.VERSION,
-                    self.namespace,
-                    _meta.PLURAL,
-                    limit=1,
-                )
+                now = await self._call(self._api.list_namespaced_custom_object, limit=1)
             except StoreUnavailable as exc:
                 # Out of reach (starting without the API server, or it went away): start
                 # from what the watch has handed out so far instead. Nothing written
