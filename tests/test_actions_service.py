@@ -383,6 +383,16 @@ async def test_update_writes_phase_attempts_cache_and_times(env: Env) -> None:
     assert snap["c1"].output_uri.endswith("/org/p/d/run/c1/2")
 
 
+async def test_update_with_out_of_range_time_is_invalid_argument(env: Env) -> None:
+    _, child = await root_and_child(env)
+    before = await obj_of(env, child)
+    for field in ("start_time", "end_time"):
+        req = update_req(child, P.ACTION_PHASE_RUNNING, **{field: {"seconds": 10**12}})
+        err = await expect_code(Code.INVALID_ARGUMENT, env.client.update(req))
+        assert f"status.{field}" in err.message
+    assert await obj_of(env, child) == before
+
+
 async def test_update_terminal_never_leaves_and_repeat_is_noop(env: Env) -> None:
     _, child = await root_and_child(env)
     await env.client.update(update_req(child, P.ACTION_PHASE_SUCCEEDED))

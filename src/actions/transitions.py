@@ -15,6 +15,7 @@ from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
 from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import mapping, phases, timefmt
 from actions.validation import invalid
@@ -77,12 +78,25 @@ def apply_update(obj: mapping.KubeObject, attempt: int, update: ActionStatus) ->
     new["attempts"] = max(stored_attempts, attempt, update.attempts)
     new["cacheStatus"] = _cache_status_name(update.cache_status)
     if update.HasField("start_time"):
-        new["startTime"] = timefmt.from_timestamp(update.start_time)
+        new["startTime"] = _timestamp("status.start_time", update.start_time)
     if update.HasField("end_time"):
-        new["endTime"] = timefmt.from_timestamp(update.end_time)
+        new["endTime"] = _timestamp("status.end_time", update.end_time)
     if update.HasField("duration_ms"):
         new["durationMs"] = update.duration_ms
     return None if new == stored else new
+
+
+# google.protobuf.Timestamp's documented range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62_135_596_800
+_MAX_SECONDS = 253_402_300_799
+
+
+def _timestamp(field: str, ts: Timestamp) -> str:
+    """A request timestamp as stored text; one outside Timestamp's range is the client's
+    mistake (INVALID_ARGUMENT), not a server failure."""
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise invalid(field, "timestamp out of range (years 1 to 9999)")
+    return timefmt.from_timestamp(ts)
 
 
 def declared_simple_type(obj: mapping.KubeObject) -> int | None:
