@@ -9,6 +9,8 @@ loading one app never imports the other stack:
   generated ``TestServiceASGIApplication`` with the asyncio implementation below.
 - ``hypercorn -k trio|asyncio bench.apps:bare``: a constant 200 with a fixed body; the
   ceiling of hypercorn itself (it awaits nothing but ASGI receive/send).
+  ``bench.apps:bare_patched()`` is the same app with connect_proto's hypercorn fixes
+  installed, i.e. the ceiling of the server ``ours`` actually runs on.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
         }
     )
     await send({"type": "http.response.body", "body": BARE_BODY})
+
+
+def bare_patched() -> Any:
+    """``bare`` on hypercorn as the project runs it (with connect_proto's hypercorn fixes),
+    so that ``ours`` is compared with the same server underneath."""
+    import connect_proto.server  # noqa: F401
+
+    return bare
 
 
 def ours_app() -> Any:

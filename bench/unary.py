@@ -62,7 +62,7 @@ SERVERS = {
         ServerSpec("ours-w2", "ours_app()", "trio", 2),
         ServerSpec("official", "official_app()", "asyncio", 1),
         ServerSpec("official-w2", "official_app()", "asyncio", 2),
-        ServerSpec("bare-trio", "bare", "trio", 1),
+        ServerSpec("bare-trio", "bare_patched()", "trio", 1),
         ServerSpec("bare-asyncio", "bare", "asyncio", 1),
     ]
 }
@@ -352,6 +352,23 @@ def run_wrk(
     return rps, total, failed, non_2xx, p50, p99
 
 
+def median_results(results: list[Result]) -> list[Result]:
+    """One result per (server, mode): the run with the median requests/s."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.server, r.mode), []).append(r)
+    merged = []
+    for runs in groups.values():
+        runs.sort(key=lambda r: r.rps)
+        chosen = runs[len(runs) // 2]
+        chosen.notes = [
+            *chosen.notes,
+            f"median of {len(runs)}: " + ", ".join(f"{r.rps:.0f}" for r in runs),
+        ]
+        merged.append(chosen)
+    return merged
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -471,7 +488,7 @@ def table(results: list[Result]) -> str:
                 cells.append(" - | - | - ")
             else:
                 flag = " (errors)" if r.failed or r.non_2xx else ""
-                flag += " (died)" if r.notes else ""
+                flag += " (died)" if any("died" in n for n in r.notes) else ""
                 cells.append(f" {r.rps:,.0f}{flag} | {r.p50_ms:.2f} | {r.p99_ms:.2f} ")
         lines.append(f"| {s} |" + "|".join(cells) + "|")
     ratios = [
@@ -501,6 +518,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
     parser.add_argument("--protocol", choices=["connect", "grpc"], default="connect")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the whole matrix N times, interleaved, and report the median per cell "
+        "(a shared machine drifts; interleaving spreads the drift over all servers)",
+    )
     parser.add_argument("--json", type=Path, help="also write results and machine info here")
     parser.add_argument(
         "--profile",
@@ -525,44 +549,46 @@ def main() -> None:
         body, headers = request_body(args.protocol)
         body_file = workdir / "body.bin"
         body_file.write_bytes(body)
-        for spec in servers:
-            for mode in modes:
-                # A fresh server per run: one run's aftermath (see "crashed" below) must
-                # not leak into the next figure.
-                server = Server(spec, workdir)
-                try:
-                    server.wait_ready(*request_body("connect"))
-                    spy = None
-                    if args.profile:
-                        spy = start_profile(server, args.profile, f"{spec.name}-{mode.name}")
-                    if mode.h1:
-                        rps, total, failed, non_2xx, p50, p99 = run_wrk(
-                            wrk, server.url, mode, body, headers, args.duration,
-                            args.warmup, workdir,
-                        )  # fmt: skip
-                    else:
-                        rps, total, failed, non_2xx, lat, _ = run_h2load(
-                            h2load, server.url, mode, body_file, headers, args.duration,
-                            args.warmup, workdir,
-                        )  # fmt: skip
-                        p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
-                    if spy is not None:
-                        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-                        spy.wait(60)
-                    result = Result(spec.name, mode.name, rps, p50, p99, total, failed, non_2xx)
-                    time.sleep(0.3)
-                    if not server.alive():
-                        result.notes.append("server process died after the run")
-                finally:
-                    server.stop()
-                results.append(result)
-                print(
-                    f"{spec.name:13s} {mode.name:8s} {rps:10,.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                    f"failed {failed} non-2xx {non_2xx}  {'; '.join(result.notes)}",
-                    flush=True,
-                )
+        plan = [(spec, mode) for _ in range(args.repeat) for spec in servers for mode in modes]
+        for spec, mode in plan:
+            # A fresh server per run: one run's aftermath (a server that died) must
+            # not leak into the next figure.
+            server = Server(spec, workdir)
+            try:
+                server.wait_ready(*request_body("connect"))
+                spy = None
+                if args.profile:
+                    spy = start_profile(server, args.profile, f"{spec.name}-{mode.name}")
+                if mode.h1:
+                    rps, total, failed, non_2xx, p50, p99 = run_wrk(
+                        wrk, server.url, mode, body, headers, args.duration,
+                        args.warmup, workdir,
+                    )  # fmt: skip
+                else:
+                    rps, total, failed, non_2xx, lat, _ = run_h2load(
+                        h2load, server.url, mode, body_file, headers, args.duration,
+                        args.warmup, workdir,
+                    )  # fmt: skip
+                    p50, p99 = percentile(lat, 0.50), percentile(lat, 0.99)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    spy.wait(60)
+                result = Result(spec.name, mode.name, rps, p50, p99, total, failed, non_2xx)
+                time.sleep(0.3)
+                if not server.alive():
+                    result.notes.append("server process died after the run")
+            finally:
+                server.stop()
+            results.append(result)
+            print(
+                f"{spec.name:13s} {mode.name:8s} {rps:10,.0f} req/s  "
+                f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                f"failed {failed} non-2xx {non_2xx}  {'; '.join(result.notes)}",
+                flush=True,
+            )
 
+    if args.repeat > 1:
+        results = median_results(results)
     info = machine()
     print()
     print(", ".join(f"{k}: {v}" for k, v in info.items()))

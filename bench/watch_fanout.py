@@ -284,11 +284,12 @@ class Step:
     delivered: int = 0
     coalesced: int = 0
     lost: int = 0
-    late: int = 0  # arrived after the drain deadline (counted as lost)
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     max_ms: float = float("nan")
     min_ms: float = float("nan")
+    server_lag_p50_ms: float = float("nan")  # bucket bounds of the server's histogram
+    server_lag_p99_ms: float = float("nan")
     server_cpu: float = 0.0  # share of one core
     watcher_cpu: float = 0.0
     updater_cpu: float = 0.0
@@ -307,14 +308,14 @@ class Updater:
         self.cursor = 0
 
     async def warm_up(self) -> None:
-        total = len(self.order)
-        await self.run(total * 1000.0, 1 / 1000, limit=16)
+        await self.run(1e9, 0, limit=16, count=len(self.order))
 
     async def run(
-        self, rate: float, seconds: float, limit: int = 256
+        self, rate: float, seconds: float, limit: int = 256, count: int | None = None
     ) -> tuple[list[tuple[int, int, int, int]], int]:
-        """Send ``rate * seconds`` updates paced at ``rate``; return ``(child, seq,
-        t_sent_ns, t_returned_ns)`` per successful update and the error count."""
+        """Send ``rate * seconds`` (or ``count``) updates paced at ``rate``; return
+        ``(child, seq, t_sent_ns, t_returned_ns)`` per successful update and the error
+        count."""
         done: list[tuple[int, int, int, int]] = []
         errors = 0
         sem = asyncio.Semaphore(limit)
@@ -345,7 +346,7 @@ class Updater:
             finally:
                 sem.release()
 
-        total = int(rate * seconds)
+        total = int(rate * seconds) if count is None else count
         start = time.monotonic()
         issued = 0
         while issued < total:
@@ -363,6 +364,33 @@ class Updater:
         if tasks:
             await asyncio.gather(*tasks)
         return done, errors
+
+
+LAG = "actions_watch_delivery_lag_seconds_bucket"
+
+
+def lag_buckets(metrics: dict[str, float]) -> dict[float, float]:
+    """The server's delivery-lag histogram (fan-out read -> stream took the update):
+    cumulative count per upper bound in seconds; empty when the server has none."""
+    out: dict[float, float] = {}
+    for key, value in metrics.items():
+        if key.startswith(LAG + "{"):
+            bound = key.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = value
+    return out
+
+
+def lag_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound (ms) of the histogram bucket holding quantile ``q`` of the
+    observations between two scrapes; nan without data."""
+    bounds = sorted(after)
+    total = after.get(float("inf"), 0) - before.get(float("inf"), 0)
+    if not bounds or total <= 0:
+        return float("nan")
+    for bound in bounds:
+        if after[bound] - before.get(bound, 0) >= q * total:
+            return bound * 1000
+    return float("inf")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -498,6 +526,7 @@ async def latency_phase(
         if args.profile:
             args.profile.mkdir(parents=True, exist_ok=True)
             profiler = Profiler(server.pid, args.profile / f"server-{rate}.json", args.step_seconds)
+        lag0 = lag_buckets(await asyncio.to_thread(server.metrics))
         cpu0 = (cpu_seconds(server.pid), cpu_seconds(watcher_pid), time.process_time())
         t0 = time.monotonic()
         updates, step.update_errors = await updater.run(rate, args.step_seconds)
@@ -523,6 +552,9 @@ async def latency_phase(
                 break
             await asyncio.sleep(0.25)
         step.drain_s = time.monotonic() - drain0
+        lag1 = lag_buckets(await asyncio.to_thread(server.metrics))
+        step.server_lag_p50_ms = lag_quantile(lag0, lag1, 0.50)
+        step.server_lag_p99_ms = lag_quantile(lag0, lag1, 0.99)
         step.stream_failures = failures
         analyse(step, updates, records, streams_of, args.children, last_seen)
         steps.append(step)
@@ -574,17 +606,19 @@ def load() -> str:
 
 HEADER = (
     "| updates/s target | achieved | fan-out | Update p50 ms | e2e p50 ms | e2e p99 ms "
-    "| max ms | delivered / expected | coalesced | lost | server CPU | server CPU ms/update "
-    "| watcher CPU |"
+    "| max ms | server lag p50/p99 ms | delivered / expected | coalesced | lost | server CPU "
+    "| server CPU ms/update | watcher CPU |"
 )
 
 
 def row(s: Step) -> str:
     fan = s.expected / s.updates if s.updates else 0
     cpu_ms = 1000 * s.server_cpu / s.achieved if s.achieved else float("nan")
+    lag = f"≤{s.server_lag_p50_ms:g} / ≤{s.server_lag_p99_ms:g}"
     return (
         f"| {s.rate:,} | {s.achieved:,.0f} | {fan:.0f} | {s.update_p50_ms:.2f} | {s.p50_ms:.2f} "
-        f"| {s.p99_ms:.2f} | {s.max_ms:.1f} | {s.delivered:,} / {s.expected:,} | {s.coalesced:,} "
+        f"| {s.p99_ms:.2f} | {s.max_ms:.1f} | {lag} | {s.delivered:,} / {s.expected:,} "
+        f"| {s.coalesced:,} "
         f"| {s.lost:,} | {s.server_cpu:.0%} | {cpu_ms:.2f} | {s.watcher_cpu:.0%} |"
     )
 
@@ -611,7 +645,7 @@ def report(
             "per h2c connection",
             "",
             HEADER,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         lines += [row(s) for s in steps]
         held = [s.rate for s in steps if s.p99_ms < LATENCY_LIMIT_MS and s.lost == 0]
@@ -650,8 +684,12 @@ async def run(args: argparse.Namespace) -> int:
     facts = machine()
     load_before = load()
     workdir = Path(tempfile.mkdtemp(prefix="watch-fanout-"))
-    server = Server(workdir, args.server_script)
     watchers = WatcherProcess()
+    try:
+        server = Server(workdir, args.server_script)
+    except BaseException:
+        watchers.stop()
+        raise
     status = 0
     try:
         print(f"server pid {server.pid} on {server.target}; log {server.log}", file=sys.stderr)
@@ -682,7 +720,8 @@ async def run(args: argparse.Namespace) -> int:
                 k.removeprefix("actions_watch_"): v
                 for k, v in info["metrics"].items()
                 if (k.startswith("actions_watch_") or k == "watch_streams" or "_" not in k)
-                and not k.endswith(("_bucket", "_created"))
+                and "_bucket" not in k
+                and not k.endswith("_created")
                 and "shard" not in k
             }
             print(f"\nserver /metrics after the run: {shown}")

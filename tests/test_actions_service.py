@@ -46,7 +46,8 @@ from flyteidl2.core.tasks_pb2 import TaskTemplate
 from flyteidl2.workflow.run_definition_pb2 import ConditionAction
 
 from actions import naming
-from actions.store.errors import Invalid, OwnerTerminating
+from actions.store._meta import MAX_OBJECT_BYTES
+from actions.store.errors import Invalid, OwnerTerminating, TooLarge
 from connect_proto.errors import Code, RpcError
 
 P = phase_pb2
@@ -272,6 +273,49 @@ async def test_enqueue_same_action_again_is_already_exists_and_changes_nothing(e
     other.action.input_uri = "s3://elsewhere"
     await expect_code(Code.ALREADY_EXISTS, env.client.enqueue(other))
     assert await obj_of(env, root) == before
+
+
+async def test_enqueue_too_large_to_store_is_invalid_argument_and_stores_nothing(
+    env: Env,
+) -> None:
+    # ~2 MiB of template (2.7 MiB as base64 in the object): under the RPC limit, over
+    # what etcd stores. Retrying cannot help, so not UNAVAILABLE.
+    req = task_req(aid("a0"))
+    req.action.task.spec.task_template.custom.update({"blob": "x" * (2 * 1024 * 1024)})
+    err = await expect_code(Code.INVALID_ARGUMENT, env.client.enqueue(req))
+    assert err.message.startswith("action too large to store: ")
+    assert f"the limit is {MAX_OBJECT_BYTES} bytes" in err.message
+    size = int(err.message.split(": ")[1].split()[0])
+    assert size > 2 * 1024 * 1024
+    assert await env.store.latest(naming.object_name(aid("a0"))) is None
+    await expect_code(Code.NOT_FOUND, env.client.update(update_req(aid("a0"), 4)))
+    await env.client.enqueue(task_req(aid("a0")))  # the same action, smaller, is fine
+
+
+class _StatusTooLarge:
+    """A store whose objects fit on create but not once the initial status is added."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def update_status(self, obj: Any) -> Any:
+        raise TooLarge("too large", size=MAX_OBJECT_BYTES + 1, limit=MAX_OBJECT_BYTES)
+
+
+@backend_modes()
+async def test_enqueue_whose_status_does_not_fit_is_invalid_argument_and_removed(
+    backend: str, mode: str
+) -> None:
+    async with open_env(mode, wrap_store=_StatusTooLarge, backend=backend) as env:
+        err = await expect_code(Code.INVALID_ARGUMENT, env.client.enqueue(task_req(aid("a0"))))
+        assert err.message == (
+            f"action too large to store: {MAX_OBJECT_BYTES + 1} bytes, "
+            f"the limit is {MAX_OBJECT_BYTES} bytes"
+        )
+        await eventually_gone(env, aid("a0"))
 
 
 class _ParentBeingDeleted:
@@ -587,6 +631,28 @@ async def test_abort_with_huge_reason_still_aborts(env: Env) -> None:
     _, child = await root_and_child(env)
     await env.client.abort(pb.AbortRequest(action_id=child, reason="x" * 300_000))
     await eventually_gone(env, child)
+
+
+class _NoRoomForAnnotations:
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def patch_annotations(self, name: str, annotations: Any) -> Any:
+        await self._inner.get(name)  # NotFound as before
+        raise TooLarge("too large", limit=MAX_OBJECT_BYTES)
+
+
+@backend_modes()
+async def test_abort_of_action_with_no_room_for_the_reason_still_aborts(
+    backend: str, mode: str
+) -> None:
+    async with open_env(mode, wrap_store=_NoRoomForAnnotations, backend=backend) as env:
+        _, child = await root_and_child(env)
+        await env.client.abort(pb.AbortRequest(action_id=child, reason="why"))
+        await eventually_gone(env, child)
 
 
 async def test_abort_terminal_action_still_deletes_and_succeeds(env: Env) -> None:

@@ -573,3 +573,66 @@ def test_delete_on_status_is_method_not_allowed(kube_raw, custom_api, taskaction
     _create(custom_api, taskaction("a1"))
     status, _, data = kube_raw("DELETE", f"/apis/{G}/{V}/namespaces/{NS}/{P}/a1/status")
     assert status == 405 and json.loads(data)["reason"] == "MethodNotAllowed"
+
+
+# --- size limits: the API server's body limit (413) and etcd's object limit (500) ---------
+
+
+def test_body_over_3_mib_is_request_entity_too_large(custom_api, taskaction, kube_emulator):
+    rv_before = kube_emulator.store.rv
+    with pytest.raises(ApiException) as err:
+        _create(custom_api, taskaction("a1", taskTemplate="x" * (3 * 1024 * 1024)))
+    assert err.value.status == 413
+    assert "Retry-After" not in err.value.headers  # urllib3 would re-send a PUT (8.2)
+    assert _status(err.value) == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Request entity too large: limit is 3145728",
+        "reason": "RequestEntityTooLarge",
+        "code": 413,
+    }
+    # The body was drained: the same pooled connection serves the next request.
+    obj = _create(custom_api, taskaction("a1"))
+    assert _rv(obj) == rv_before + 1
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (1_700_000, r"etcdserver: request is too large"),
+        (
+            2_500_000,
+            r"rpc error: code = ResourceExhausted desc = trying to send message larger than "
+            r"max \(\d+ vs\. 2097152\)",
+        ),
+    ],
+)
+def test_object_over_etcd_limit_is_refused_with_500(
+    custom_api, taskaction, kube_emulator, size, message
+):
+    with pytest.raises(ApiException) as err:
+        _create(custom_api, taskaction("a1", taskTemplate="x" * size))
+    assert err.value.status == 500
+    status = _status(err.value)
+    assert "reason" not in status  # passed through from etcd, no Status reason
+    assert re.fullmatch(message, status["message"])
+    assert (status["status"], status["code"]) == ("Failure", 500)
+    with pytest.raises(ApiException) as missing:
+        _get(custom_api, "a1")
+    assert missing.value.status == 404
+
+
+def test_status_update_over_etcd_limit_is_refused(custom_api, taskaction):
+    obj = _create(custom_api, taskaction("a1", taskTemplate="x" * 1_000_000))
+    obj["status"] = {"cacheStatus": "y" * 600_000}
+    with pytest.raises(ApiException) as err:
+        custom_api.replace_namespaced_custom_object_status(G, V, NS, P, "a1", obj)
+    assert err.value.status == 500
+    assert _status(err.value)["message"] == "etcdserver: request is too large"
+    assert _get(custom_api, "a1") == {k: v for k, v in obj.items() if k != "status"}
+    # Just under the limit is stored.
+    obj["status"] = {"cacheStatus": "y" * 500_000}
+    stored = custom_api.replace_namespaced_custom_object_status(G, V, NS, P, "a1", obj)
+    assert stored["status"] == obj["status"]

@@ -19,9 +19,10 @@ import pytest
 import trio
 import trio.lowlevel
 
+from actions.store._meta import MAX_OBJECT_BYTES
 from actions.store.base import KubeObject, Store, WatchEvent
 from actions.store.embedded import EmbeddedStore
-from actions.store.errors import AlreadyExists, Conflict, Invalid, NotFound
+from actions.store.errors import AlreadyExists, Conflict, Invalid, NotFound, TooLarge
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["memory", "sqlite", "kubernetes"]
@@ -368,6 +369,49 @@ async def test_patch_annotations_merges(store: Store) -> None:
 async def test_patch_annotations_missing_is_not_found(store: Store) -> None:
     with pytest.raises(NotFound):
         await store.patch_annotations("nope", {"a": "b"})
+
+
+# -- size limit -------------------------------------------------------------------------
+# Over MAX_OBJECT_BYTES (etcd's 1.5 MiB) a cluster answers 500 from etcd, over 3 MiB of
+# body 413 from the API server; the embedded store refuses the same objects itself.
+
+
+def big(name: str, filler: int) -> KubeObject:
+    return action(name, spec=spec_for(name, taskTemplate="x" * filler))
+
+
+@pytest.mark.parametrize("filler", [MAX_OBJECT_BYTES, 4 * 1024 * 1024], ids=["etcd", "body"])
+async def test_create_too_large_is_refused_and_writes_nothing(store: Store, filler: int) -> None:
+    _, rv_before = await store.list({})
+    with pytest.raises(TooLarge) as err:
+        await store.create(big("a0", filler))
+    assert err.value.size is not None and err.value.size > MAX_OBJECT_BYTES
+    assert err.value.limit == MAX_OBJECT_BYTES
+    with pytest.raises(NotFound):
+        await store.get("a0")
+    assert (await store.list({}))[1] == rv_before
+
+
+async def test_object_just_under_the_limit_is_stored(store: Store) -> None:
+    created = await store.create(big("a0", MAX_OBJECT_BYTES - 2000))
+    assert await store.get("a0") == created
+
+
+async def test_update_status_too_large_is_refused_and_changes_nothing(store: Store) -> None:
+    created = await store.create(big("a0", MAX_OBJECT_BYTES // 2))
+    body = {**created, "status": {"cacheStatus": "y" * (MAX_OBJECT_BYTES // 2 + 1000)}}
+    with pytest.raises(TooLarge) as err:
+        await store.update_status(body)
+    assert err.value.size is not None and err.value.size > MAX_OBJECT_BYTES
+    assert err.value.limit == MAX_OBJECT_BYTES
+    assert await store.get("a0") == created
+
+
+async def test_patch_annotations_too_large_is_refused_and_changes_nothing(store: Store) -> None:
+    created = await store.create(big("a0", MAX_OBJECT_BYTES - 2000))
+    with pytest.raises(TooLarge):
+        await store.patch_annotations("a0", {"a.io/reason": "z" * 4000})
+    assert await store.get("a0") == created
 
 
 # -- delete and cascade ---------------------------------------------------------------

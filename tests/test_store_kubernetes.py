@@ -15,7 +15,7 @@ from test_store_contract import ROOT, _no_nagle, action, assert_quiet, eventuall
 
 from actions.store import _kube_client
 from actions.store.base import WatchEvent
-from actions.store.errors import AlreadyExists, Conflict, Gone, StoreUnavailable
+from actions.store.errors import AlreadyExists, Conflict, Gone, StoreUnavailable, TooLarge
 from actions.store.kubernetes import ClientSettings, KubernetesStore
 from kube_emulator import Emulator
 
@@ -213,6 +213,32 @@ def test_error_bodies_of_both_client_generations() -> None:
     plain = ApiException(status=429, reason="Too Many Requests")
     plain.body = "Too many requests, please try again later."
     assert isinstance(_kube_client.translate(plain), StoreUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (413, None, TooLarge),  # no body at all (a proxy in front of the API server)
+        (413, '{"reason":"RequestEntityTooLarge","message":"Request entity too large"}', TooLarge),
+        (500, b'{"message":"etcdserver: request is too large","code":500}', TooLarge),
+        (
+            500,
+            '{"message":"rpc error: code = ResourceExhausted desc = trying to send message '
+            'larger than max (2621571 vs. 2097152)","code":500}',
+            TooLarge,
+        ),
+        (500, '{"reason":"InternalError","message":"Internal error occurred"}', StoreUnavailable),
+        (504, '{"reason":"Timeout","message":"Too large resource version: 9, current: 3"}', None),
+    ],
+)
+def test_too_large_is_told_by_code_or_message(status: int, body: Any, expected: Any) -> None:
+    exc = ApiException(status=status, reason="x")
+    exc.body = body
+    error = _kube_client.translate(exc)
+    if expected is None:
+        assert not isinstance(error, TooLarge)
+    else:
+        assert type(error) is expected
 
 
 def test_token_bucket_allows_burst_then_qps() -> None:
