@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -422,3 +424,41 @@ def test_binary_metadata_padded_and_unpadded_in_unpadded_out() -> None:
     ]
     with pytest.raises(ValueError):
         decode_binary_values(["@@@"])
+
+
+_ANY_DECODE_SCRIPT = """
+import json, sys
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+from connect_proto.codec import CODECS
+
+# A message with one Any field, built here so nothing else gets imported first.
+pool = descriptor_pool.Default()
+fdp = descriptor_pb2.FileDescriptorProto(name="anyholder.proto", package="anyholder",
+                                         dependency=["google/protobuf/any.proto"])
+msg = fdp.message_type.add(name="Holder")
+msg.field.add(name="details", number=1, type=11, label=3, type_name=".google.protobuf.Any")
+holder = message_factory.GetMessageClass(pool.Add(fdp).message_types_by_name["Holder"])
+for detail in json.loads(sys.argv[1]):
+    decoded = CODECS["json"].decode(json.dumps({"details": [detail]}).encode(), holder)
+    assert json.loads(CODECS["json"].encode(decoded))["details"][0] == detail, detail
+print("ok")
+"""
+
+
+def test_json_codec_decodes_any_of_well_known_and_error_detail_types() -> None:
+    # A fresh interpreter: the test process has imported these types through other
+    # modules, which would hide a codec that does not load them itself.
+    details = [
+        {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "hi"},
+        {"@type": "type.googleapis.com/google.protobuf.Duration", "value": "1.500s"},
+        {"@type": "type.googleapis.com/google.protobuf.Timestamp", "value": "2026-11-27T00:00:00Z"},
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "R", "domain": "d"},
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _ANY_DECODE_SCRIPT, json.dumps(details)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

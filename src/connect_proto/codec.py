@@ -8,6 +8,20 @@ from typing import Protocol, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+# JSON names the type inside an Any by URL, and json_format resolves it in the default
+# descriptor pool: load the well-known types and google.rpc's error details once, so a
+# client may send them in Any fields (error details above all).
+from google.protobuf import (  # noqa: F401  isort: skip
+    any_pb2,
+    duration_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
+from google.rpc import error_details_pb2, status_pb2  # noqa: F401  isort: skip
+
 from connect_proto.errors import Code, RpcError
 
 M = TypeVar("M", bound=Message)
