@@ -9,7 +9,19 @@ if [ -f tests/interop/package.json ]; then
   echo "test: installing npm clients (tests/interop)" >&2
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# Debian tools the tests drive beyond curl and kubectl (which the machine image has):
+# h2load (nghttp2-client). Installed only when missing; needs root, as CI has.
+if ! command -v h2load >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing Debian nghttp2-client (h2load)" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
+  else
+    echo "test: h2load missing and not root; its test will be skipped (fails under CI)" >&2
+  fi
+fi
 echo "test: ruff" >&2
 .venv/bin/ruff check src tests bench scripts
+.venv/bin/ruff format --check --quiet src tests bench scripts
 echo "test: pytest" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -141,7 +141,9 @@ async def test_children_enqueued_watched_and_completed(sdk: Path, tmp_path: Path
             await flyte.update("c2", P.ACTION_PHASE_FAILED, attempt=2)
         c1, c2 = waited["c1"], waited["c2"]
         assert (c1["phase"], c1["terminal"], c1["client_error"]) == (
-            "ACTION_PHASE_SUCCEEDED", True, None
+            "ACTION_PHASE_SUCCEEDED",
+            True,
+            None,
         )
         # The output URI the SDK would read outputs from: run base, shard, action, attempt.
         assert c1["output_uri"].startswith("s3://bucket/") and c1["output_uri"].endswith(

@@ -120,9 +120,7 @@ class Executor:
         """Runs each child of ``parent`` that the watch reports QUEUED."""
         started: set[str] = set()
         req = pb.WatchForUpdatesRequest(parent_action_id=aid(parent, RUN))
-        stream = self.client.server_stream(
-            SVC + "WatchForUpdates", req, pb.WatchForUpdatesResponse
-        )
+        stream = self.client.server_stream(SVC + "WatchForUpdates", req, pb.WatchForUpdatesResponse)
         try:
             async with trio.open_nursery() as nursery:
                 async for msg in stream:

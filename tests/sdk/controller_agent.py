@@ -98,13 +98,14 @@ class Agent:
         )
         self.actions: dict[str, Action] = {}
         self.task_spec = translate_task_to_wire(
-            child, SerializationContext(
+            child,
+            SerializationContext(
                 version="v1",
                 project=project,
                 domain=domain,
                 org=org,
                 root_dir=pathlib.Path(__file__).parent,
-            )
+            ),
         )
 
     def new_action(self, cmd: dict) -> Action:
@@ -198,8 +199,15 @@ async def main() -> None:
             result = await agent.handle(cmd)
             reply({"id": cmd["id"], "ok": True, **result})
         except Exception as exc:
-            reply({"id": cmd["id"], "ok": False, "type": type(exc).__name__,
-                   "error": str(exc), "code": rpc_code(exc)})
+            reply(
+                {
+                    "id": cmd["id"],
+                    "ok": False,
+                    "type": type(exc).__name__,
+                    "error": str(exc),
+                    "code": rpc_code(exc),
+                }
+            )
 
     reply({"id": None, "ok": True, "ready": True, "flyte": flyte.__version__})
     while line := await reader.readline():

@@ -181,9 +181,7 @@ async def scenario(calls: Calls, run: str) -> None:
     # The signalled value and the final phases, as a fresh watcher sees them.
     msgs = await calls.watch(watch_req, want=3)
     seen = {
-        m.action_update.action_id.name: m.action_update
-        for m in msgs
-        if m.HasField("action_update")
+        m.action_update.action_id.name: m.action_update for m in msgs if m.HasField("action_update")
     }
     expect(seen["c1"].phase == P.ACTION_PHASE_SUCCEEDED, f"c1 {seen['c1']}")
     expect(seen["cond"].value.scalar.primitive.boolean is True, f"cond {seen['cond']}")
