@@ -30,6 +30,7 @@ from actions.store.errors import (
     OwnerTerminating,
     StoreError,
     StoreUnavailable,
+    TooLarge,
 )
 from actions.validation import invalid, validate
 from connect_proto.context import RequestContext
@@ -56,11 +57,21 @@ _SIMPLE_CONDITION_TYPES: Final = frozenset(
 Send = Callable[[pb.WatchForUpdatesResponse], Awaitable[None]]
 
 
+def _too_large(exc: TooLarge) -> RpcError:
+    """``action too large to store: N bytes, the limit is M bytes``, with what is known."""
+    parts = [] if exc.size is None else [f"{exc.size} bytes"]
+    if exc.limit is not None:
+        parts.append(f"the limit is {exc.limit} bytes")
+    detail = f": {', '.join(parts)}" if parts else ""
+    return RpcError(Code.INVALID_ARGUMENT, f"action too large to store{detail}")
+
+
 @contextmanager
 def _store_errors() -> Iterator[None]:
     """Store failures that no handler handles itself, as RPC errors: an unreachable store
-    (or a change log that moved on) is UNAVAILABLE, for the client to retry; anything
-    else the store refuses is INTERNAL, logged.
+    (or a change log that moved on) is UNAVAILABLE, for the client to retry; an object
+    too big to store is INVALID_ARGUMENT (no retry can help, and clients such as the
+    Flyte SDK give up on it); anything else the store refuses is INTERNAL, logged.
 
     That includes ``Invalid``: every object and annotation the service sends is built
     from a request that passed ``validate`` (names and label values encoded to fit,
@@ -70,6 +81,8 @@ def _store_errors() -> Iterator[None]:
         yield
     except (StoreUnavailable, Gone) as exc:
         raise RpcError(Code.UNAVAILABLE, f"store unavailable: {exc}") from exc
+    except TooLarge as exc:
+        raise _too_large(exc) from exc
     except (Conflict, AlreadyExists, NotFound, OwnerTerminating):
         raise
     except StoreError as exc:
@@ -165,8 +178,22 @@ class ActionsService:
                 ) from None
             except NotFound:  # the parent, read here or checked by create
                 raise RpcError(Code.NOT_FOUND, f"parent action {parent_name!r} not found") from None
-            await self._write_initial_status(created, action)
+            try:
+                await self._write_initial_status(created, action)
+            except TooLarge:
+                # Stored, but with its status it no longer fits: take it back, so that the
+                # refusal leaves nothing behind for a retry to run into.
+                await self._remove_quietly(created["metadata"]["name"])
+                raise
         return pb.EnqueueResponse()
+
+    async def _remove_quietly(self, name: str) -> None:
+        try:
+            await self.store.delete(name, "Background")
+        except NotFound:
+            pass
+        except StoreError:
+            log.warning("could not remove refused action %s", name, exc_info=True)
 
     async def _write_initial_status(self, created: KubeObject, action: pb.Action) -> None:
         """Set the starting phase before Enqueue returns (create drops status)."""
@@ -248,6 +275,10 @@ class ActionsService:
                 await store.patch_annotations(name, annotations)
             except NotFound:
                 raise _not_found(action_id) from None
+            except TooLarge:
+                # No room left on the object for the reason (the log below keeps it): an
+                # abort must not fail for that.
+                log.warning("action %s too large to record the abort reason on", name)
             log.info(
                 "aborting action %s: reason=%r aborted_by=%s", name, request.reason, aborted_by
             )

@@ -19,6 +19,7 @@ REASON_PHRASES = {
     405: "MethodNotAllowed",
     409: "Conflict",
     410: "Gone",
+    413: "RequestEntityTooLarge",
     415: "UnsupportedMediaType",
     422: "Invalid",
     429: "TooManyRequests",
@@ -26,6 +27,15 @@ REASON_PHRASES = {
     503: "ServiceUnavailable",
     504: "Timeout",
 }
+
+# Size limits (bytes). The API server reads at most 3 MiB of a request body
+# (apiserver's MaxRequestBodyBytes); etcd refuses requests over --max-request-bytes
+# (default 1.5 MiB), and the API server's etcd client refuses to send gRPC messages over
+# 2 MiB. The emulator measures a stored object as its compact JSON (CRs are stored as JSON),
+# leaving out etcd's key and framing.
+MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024
+ETCD_MAX_REQUEST_BYTES = 3 * 512 * 1024
+ETCD_CLIENT_MAX_SEND_BYTES = 2 * 1024 * 1024
 
 # Go's default mux answer for paths no API group serves (reference 1.6): plain text, not JSON.
 PLAIN_404 = b"404 page not found\n"
@@ -261,6 +271,25 @@ def internal_error(message: str) -> StatusError:
         f"Internal error occurred: {message}",
         {"causes": [{"message": message}]},
     )
+
+
+def request_entity_too_large(limit: int = MAX_REQUEST_BODY_BYTES) -> StatusError:
+    """A body over the API server's limit (kubernetes/kubernetes#105863)."""
+    return StatusError(413, "RequestEntityTooLarge", f"Request entity too large: limit is {limit}")
+
+
+def object_too_large(size: int) -> StatusError:
+    """etcd refused the write. The API server passes etcd's error through as a 500 without
+    a reason (kubernetes/kubernetes#112152): etcd's own limit up to the client's 2 MiB,
+    the etcd client's gRPC error above it."""
+    if size > ETCD_CLIENT_MAX_SEND_BYTES:
+        return StatusError(
+            500,
+            "",
+            "rpc error: code = ResourceExhausted desc = trying to send message larger than "
+            f"max ({size} vs. {ETCD_CLIENT_MAX_SEND_BYTES})",
+        )
+    return StatusError(500, "", "etcdserver: request is too large")
 
 
 def expired(message: str, continue_token: str | None = None) -> StatusError:

@@ -76,20 +76,35 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------
 
-    def _read_body(self) -> bytes:
+    def _read_body(self) -> bytes | None:
+        """The request body; None when it is over ``MAX_REQUEST_BODY_BYTES``. An oversized
+        body is still read to its end (and dropped) so the connection stays usable and the
+        client, still sending, sees the 413 rather than a reset."""
+        limit = errors.MAX_REQUEST_BODY_BYTES
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
+            total = 0
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                chunks.append(self.rfile.read(size))
+                chunk = self.rfile.read(size)
+                total += len(chunk)
+                if total <= limit:
+                    chunks.append(chunk)
                 self.rfile.readline()
-            return b"".join(chunks)
+            return b"".join(chunks) if total <= limit else None
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        if length <= limit:
+            return self.rfile.read(length) if length else b""
+        while length > 0:
+            got = len(self.rfile.read(min(length, 1 << 16)))
+            if not got:
+                break
+            length -= got
+        return None
 
     def _send_bytes(
         self, code: int, payload: bytes, content_type: str, headers: dict[str, Any] | None = None
@@ -150,6 +165,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         core = self.core
         record = self._record = core.log_request(self.command, self.path)
         try:
+            if body is None:
+                raise errors.request_entity_too_large()
             if path.startswith("/_emulator/"):
                 self._admin(path, body)
                 return

@@ -409,6 +409,7 @@ class Store:
                 self._check_crd_conflict(obj)
             if opts.dry_run:
                 return obj
+            _check_storable(obj)
             return self._persist(rtype, okey, obj, None)
 
     def _init_builtin(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
@@ -651,6 +652,7 @@ class Store:
         if is_deleting(current) and not finalizers(new) and not _namespace_pending(rtype, new):
             gone = self._remove(rtype, okey, current)
             return with_rv(new, int(gone["metadata"]["resourceVersion"]))
+        _check_storable(new)
         return self._persist(rtype, okey, new, current)
 
     def _merge_server_fields(
@@ -815,6 +817,13 @@ class Store:
                     continue
                 for obj in list(bucket.values()):
                     yield rtype, obj
+
+
+def _check_storable(obj: dict[str, Any]) -> None:
+    """What etcd would refuse (dry runs never reach it, so they are not checked)."""
+    size = len(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > errors.ETCD_MAX_REQUEST_BYTES:
+        raise errors.object_too_large(size)
 
 
 def _namespace_pending(rtype: ResourceType, obj: dict[str, Any]) -> bool:

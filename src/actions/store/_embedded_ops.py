@@ -55,6 +55,7 @@ def create(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
         generation=1,
         creationTimestamp=_meta.now_timestamp(),
     )
+    _meta.check_size(new)
     return tx.insert(new)
 
 
@@ -81,6 +82,7 @@ def update_status(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
         new.pop("status", None)
     if new == current:
         return current  # a no-op write is not persisted: old rv, no event
+    _meta.check_size(new)
     return tx.replace(current, new)
 
 
@@ -95,6 +97,7 @@ def patch_annotations(tx: Tx, name: str, annotations: dict[str, str]) -> KubeObj
         return current  # a no-op write is not persisted: old rv, no event
     new = copy_json(current)
     new["metadata"]["annotations"] = merged
+    _meta.check_size(new)
     return tx.replace(current, new)
 
 

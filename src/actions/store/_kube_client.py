@@ -27,6 +27,7 @@ from actions.store.errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    TooLarge,
 )
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,23 @@ def status_message(exc: ApiException) -> str:
     return str(exc.reason)
 
 
+# How an API server says an object can never be stored, whatever the HTTP code: etcd's
+# own limit (--max-request-bytes, "etcdserver: request is too large") and the etcd
+# client's gRPC limit ("trying to send message larger than max (N vs. 2097152)", or
+# "received message larger than max" from etcd's side) reach the client as a 500 with
+# etcd's text as the Status message (kubernetes/kubernetes#112152).
+_TOO_LARGE_MESSAGES = ("request is too large", "message larger than max")
+
+
 def translate(exc: BaseException) -> StoreError | None:
     """The store error for a client failure, or None if it is not one."""
     if isinstance(exc, ApiException):
         message = status_message(exc)
         status = exc.status
+        if status == 413 or any(text in message for text in _TOO_LARGE_MESSAGES):
+            # Body over the API server's 3 MiB (413 RequestEntityTooLarge), or an object
+            # etcd will not take: no retry can help.
+            return TooLarge(f"API server answered {status}: {message}")
         if status == 404:
             return NotFound(message)
         if status == 409:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from actions.store.base import KubeObject
-from actions.store.errors import Invalid
+from actions.store.errors import Invalid, TooLarge
 
 GROUP = "flyte.org"
 VERSION = "v1"
@@ -23,6 +23,15 @@ RESOURCE = f"{PLURAL}.{GROUP}"
 
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
+
+# The largest object (compact JSON, UTF-8) a store keeps: etcd's default --max-request-bytes,
+# 1.5 MiB. A Kubernetes API server cannot store more (a larger write fails with a 500
+# "etcdserver: request is too large", above 2 MiB with the etcd client's "trying to send
+# message larger than max"; a request body over 3 MiB is refused with 413 before that), so
+# the embedded store refuses more on create, update_status and patch_annotations too, and
+# both backends turn the same actions away. (etcd counts its key and a few bytes of
+# framing as well, so a real cluster refuses objects a little below this.)
+MAX_OBJECT_BYTES: Final = 3 * 512 * 1024
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
@@ -37,6 +46,24 @@ def dumps(obj: Any) -> str:
 def copy_json(obj: Any) -> Any:
     """A deep copy that also proves the value is plain JSON (what the API server stores)."""
     return json.loads(dumps(obj))
+
+
+def object_size(obj: Any) -> int:
+    """The object's size as stored: its compact JSON in UTF-8, in bytes."""
+    return len(dumps(obj).encode())
+
+
+def check_size(obj: KubeObject) -> None:
+    """Raise TooLarge when ``obj`` is over ``MAX_OBJECT_BYTES`` (see there)."""
+    size = object_size(obj)
+    if size > MAX_OBJECT_BYTES:
+        name = (obj.get("metadata") or {}).get("name", "")
+        raise TooLarge(
+            f'{RESOURCE} "{name}" is too large to store: {size} bytes, '
+            f"the limit is {MAX_OBJECT_BYTES}",
+            size=size,
+            limit=MAX_OBJECT_BYTES,
+        )
 
 
 def now_timestamp() -> str:

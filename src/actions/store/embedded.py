@@ -14,6 +14,8 @@
   resourceVersion raises Gone, as a compacted etcd does.
 - Cascade deletion is done synchronously inside the delete's transaction (see
   ``_embedded_ops.delete`` for the event order).
+- create, update_status and patch_annotations refuse an object whose JSON is over
+  ``_meta.MAX_OBJECT_BYTES`` with TooLarge, as etcd behind an API server would.
 - Finalizers other than the GC's own are stored but never block deletion: nothing in the
   Store interface could remove them.
 """

@@ -34,3 +34,18 @@ class Gone(StoreError):
 
 class StoreUnavailable(StoreError):
     """The backend cannot be reached (API server down, throttled past the retry bound)."""
+
+
+class TooLarge(StoreError):
+    """The object is bigger than the backend can store, so no retry can succeed.
+
+    A Kubernetes API server refuses request bodies over 3 MiB (413 RequestEntityTooLarge)
+    and etcd refuses objects over about 1.5 MiB (a 500 whose message says the request is
+    too large); the embedded store applies ``_meta.MAX_OBJECT_BYTES`` itself. ``size`` is
+    the object's JSON size in bytes when the backend knows it, ``limit`` the object limit.
+    """
+
+    def __init__(self, message: str, *, size: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.size = size
+        self.limit = limit

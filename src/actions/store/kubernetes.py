@@ -8,12 +8,16 @@
 - ONE watch for the namespace runs in the informer thread (``_informer``); it feeds the
   ``latest()`` cache and every ``run_events`` channel.
 - Errors come out as ``actions.store.errors``: 409 is split into AlreadyExists and
-  Conflict by the Status reason; unreachable or failing servers are StoreUnavailable.
+  Conflict by the Status reason; unreachable or failing servers are StoreUnavailable; an
+  object the server cannot store (413, or etcd's size limit) is TooLarge, with the size of
+  what was sent and ``_meta.MAX_OBJECT_BYTES`` as the limit.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -30,11 +34,22 @@ from actions.store._kube_client import (
     load_configuration,
 )
 from actions.store.base import KubeObject, PropagationPolicy, WatchEvent
-from actions.store.errors import Invalid, NotFound, OwnerTerminating, StoreUnavailable
+from actions.store.errors import Invalid, NotFound, OwnerTerminating, StoreUnavailable, TooLarge
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ClientSettings", "KubernetesStore"]
+
+
+@contextmanager
+def _sized(body: KubeObject | None) -> Iterator[None]:
+    """A TooLarge from the server (which says no size) with the size of ``body`` and the
+    object limit, as the embedded store reports it."""
+    try:
+        yield
+    except TooLarge as exc:
+        size = None if body is None else _meta.object_size(body)
+        raise TooLarge(str(exc), size=size, limit=_meta.MAX_OBJECT_BYTES) from exc
 
 
 class KubernetesStore:
@@ -190,7 +205,8 @@ class KubernetesStore:
             await self._check_owner(ref)
         body = _meta.copy_json(obj)
         body["metadata"]["namespace"] = self.namespace
-        created = await self._call(self._api.create_namespaced_custom_object, body)
+        with _sized(body):
+            created = await self._call(self._api.create_namespaced_custom_object, body)
         return self._shown(created)
 
     def _shown(self, obj: KubeObject) -> KubeObject:
@@ -239,9 +255,10 @@ class KubernetesStore:
         meta = obj.get("metadata") or {}
         if not meta.get("resourceVersion"):
             raise Invalid("metadata.resourceVersion: must be specified for an update")
-        updated = await self._call(
-            self._api.replace_namespaced_custom_object_status, meta["name"], obj
-        )
+        with _sized(obj):
+            updated = await self._call(
+                self._api.replace_namespaced_custom_object_status, meta["name"], obj
+            )
         return self._shown(updated)
 
     async def patch_annotations(self, name: str, annotations: dict[str, str]) -> KubeObject:
@@ -249,11 +266,12 @@ class KubernetesStore:
         if not annotations:
             return await self.get(name)  # nothing to merge; no write, as in the embedded store
         # A dict body goes out as a JSON merge patch (the client's default for CRs).
-        patched = await self._call(
-            self._api.patch_namespaced_custom_object,
-            name,
-            {"metadata": {"annotations": annotations}},
-        )
+        with _sized(None):  # the patched object's size is the server's to know
+            patched = await self._call(
+                self._api.patch_namespaced_custom_object,
+                name,
+                {"metadata": {"annotations": annotations}},
+            )
         return self._shown(patched)
 
     async def delete(self, name: str, propagation: PropagationPolicy = "Background") -> None:
