@@ -109,6 +109,12 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _send_bytes(
         self, code: int, payload: bytes, content_type: str, headers: dict[str, Any] | None = None
     ) -> None:
+        # Record the status before any byte goes out: a client that has read this answer
+        # may look at the request log at once (tests do).
+        self._status = code
+        record = getattr(self, "_record", None)  # None before the first request's log entry
+        if record is not None:
+            record[2] = code
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -121,7 +127,6 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
-        self._status = code
 
     def _send_json(
         self,
@@ -154,6 +159,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         started = time.monotonic()
         self._status = 0
+        self._record: list[Any] | None = None  # this request's log entry, once made
         split = urlsplit(self.path)
         path = split.path
         query = dict(parse_qsl(split.query, keep_blank_values=True))
