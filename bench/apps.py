@@ -11,6 +11,8 @@ loading one app never imports the other stack:
   ceiling of hypercorn itself (it awaits nothing but ASGI receive/send).
   ``bench.apps:bare_patched()`` is the same app with connect_proto's hypercorn fixes
   installed, i.e. the ceiling of the server ``ours`` actually runs on.
+- ``bench.apps:ours_nocoal()``, ``bench.apps:bare_nocoal()``: the same two with the
+  write coalescing of the fixes (fix 6) switched off, to measure it.
 """
 
 from __future__ import annotations
@@ -63,6 +65,28 @@ def bare_patched() -> Any:
     import connect_proto.server  # noqa: F401
 
     return bare
+
+
+def _without_write_coalescing() -> None:
+    """Switch off fix 6 of connect_proto.hypercorn_fixes (one ``send_all`` per HTTP/2
+    frame again, as stock hypercorn) for before/after comparisons in one run."""
+    from connect_proto import hypercorn_fixes
+
+    hypercorn_fixes._coalescing = False
+
+
+def bare_nocoal() -> Any:
+    """``bare_patched()`` without write coalescing."""
+    app = bare_patched()
+    _without_write_coalescing()
+    return app
+
+
+def ours_nocoal() -> Any:
+    """``ours_app()`` without write coalescing."""
+    app = ours_app()
+    _without_write_coalescing()
+    return app
 
 
 def ours_app() -> Any:

@@ -64,8 +64,13 @@ SERVERS = {
         ServerSpec("official-w2", "official_app()", "asyncio", 2),
         ServerSpec("bare-trio", "bare_patched()", "trio", 1),
         ServerSpec("bare-asyncio", "bare", "asyncio", 1),
+        # Not in the default matrix: the two trio servers with the hypercorn fixes'
+        # write coalescing (fix 6) switched off, for before/after comparisons.
+        ServerSpec("ours-nocoal", "ours_nocoal()", "trio", 1),
+        ServerSpec("bare-nocoal", "bare_nocoal()", "trio", 1),
     ]
 }
+DEFAULT_SERVERS = [name for name in SERVERS if not name.endswith("-nocoal")]
 
 
 @dataclass(frozen=True)
@@ -497,6 +502,8 @@ def table(results: list[Result]) -> str:
         ("ours-w2 / official", "ours-w2", "official"),
         ("ours-w2 / official-w2", "ours-w2", "official-w2"),
         ("bare-trio / bare-asyncio", "bare-trio", "bare-asyncio"),
+        ("ours / ours-nocoal (write coalescing)", "ours", "ours-nocoal"),
+        ("bare-trio / bare-nocoal (write coalescing)", "bare-trio", "bare-nocoal"),
     ]
     lines += ["", "| ratio (req/s) | " + " | ".join(modes) + " |"]
     lines.append("|---|" + "---:|" * len(modes))
@@ -513,7 +520,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated names")
+    parser.add_argument(
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help=f"comma-separated names, of {', '.join(SERVERS)}",
+    )
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated names")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds measured per run")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per run")
