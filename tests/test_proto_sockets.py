@@ -71,6 +71,29 @@ async def curl(*args: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
     return result.returncode, result.stdout, result.stderr
 
 
+async def curl_grpc(
+    url: str, message: bytes, *headers: str, out_file: str = "/dev/null"
+) -> tuple[int, bytes, bytes]:
+    """One gRPC call with curl over h2c; stdout holds the headers and the trailers."""
+    extra = [arg for header in headers for arg in ("-H", header)]
+    return await curl(
+        "--http2-prior-knowledge",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        *extra,
+        "--data-binary",
+        "@-",
+        "-D",
+        "-",
+        "-o",
+        out_file,
+        url,
+        stdin=encode_envelope(message),
+    )
+
+
 def frames(data: bytes) -> list[tuple[int, bytes]]:
     decoder = EnvelopeDecoder(1 << 24)
     out = [(e.flags, e.payload) for e in decoder.feed(data)]
@@ -323,20 +346,10 @@ async def test_curl_connect_stream(server: Running, flag: str) -> None:
 @needs_curl
 async def test_curl_grpc_trailers(server: Running, tmp_path: object) -> None:
     out_file = f"{tmp_path}/out.bin"
-    rc, out, err = await curl(
-        "--http2-prior-knowledge",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "--data-binary",
-        "@-",
-        "-D",
-        "-",
-        "-o",
-        out_file,
+    rc, out, err = await curl_grpc(
         f"{server.url}{SVC}/Get",
-        stdin=encode_envelope(test_pb2.GetRequest(name="t").SerializeToString()),
+        test_pb2.GetRequest(name="t").SerializeToString(),
+        out_file=out_file,
     )
     assert rc == 0, err
     text = out.decode()
@@ -348,39 +361,16 @@ async def test_curl_grpc_trailers(server: Running, tmp_path: object) -> None:
 
 @needs_curl
 async def test_curl_grpc_deadline_and_error(server: Running) -> None:
-    rc, out, err = await curl(
-        "--http2-prior-knowledge",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        "grpc-timeout: 100m",
-        "--data-binary",
-        "@-",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
+    rc, out, err = await curl_grpc(
         f"{server.url}{SVC}/Sleep",
-        stdin=encode_envelope(test_pb2.SleepRequest(ms=5000).SerializeToString()),
+        test_pb2.SleepRequest(ms=5000).SerializeToString(),
+        "grpc-timeout: 100m",
     )
     assert rc == 0, err
     assert "grpc-status: 4" in out.decode()
-    rc, out, err = await curl(
-        "--http2-prior-knowledge",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "--data-binary",
-        "@-",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
+    rc, out, err = await curl_grpc(
         f"{server.url}{SVC}/Fail",
-        stdin=encode_envelope(test_pb2.FailRequest(code=3, message="bad ☺").SerializeToString()),
+        test_pb2.FailRequest(code=3, message="bad ☺").SerializeToString(),
     )
     text = out.decode()
     assert "grpc-status: 3" in text and "grpc-message: bad %E2%98%BA" in text
