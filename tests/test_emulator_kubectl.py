@@ -15,7 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NS = "flyte"
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("kubectl") is None and not os.environ.get("CI"),
+    reason="kubectl not installed (the machine image ships it; under CI its absence fails)",
+)
 
 
 @pytest.fixture

@@ -164,12 +164,12 @@ class ConnectClient:
     ) -> UnaryResult[M]:
         """Like ``unary`` but also returns response headers and trailers."""
         async with self._post(path, request, headers, timeout_ms, streaming=False) as response:
-            raw = b""
+            raw = bytearray()  # appending to bytes would copy the body once per chunk
             async for chunk in response.aiter_raw():
                 raw += chunk
                 if len(raw) > self._max * 2 + 1024:
                     raise RpcError(Code.RESOURCE_EXHAUSTED, "response too large")
-        payload = self._inflate(raw, response.headers.get("content-encoding"))
+        payload = self._inflate(bytes(raw), response.headers.get("content-encoding"))
         response_headers = Headers()
         trailers = Headers()
         for name, value in response.headers.multi_items():
