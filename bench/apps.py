@@ -3,8 +3,8 @@
 hypercorn evaluates the part after the colon, so factories are called in place and
 loading one app never imports the other stack:
 
-- ``hypercorn -k trio bench.apps:ours_app()``: connect_proto.app.ConnectApp serving
-  tests/testsvc_impl.TestServiceImpl.
+- ``hypercorn -k trio bench.apps:ours_app()``: connect_proto._app.app.ConnectApp serving
+  tests/support/testsvc_impl.TestServiceImpl.
 - ``hypercorn -k asyncio bench.apps:official_app()``: the PyPI ``connectrpc`` server, its
   generated ``TestServiceASGIApplication`` with the asyncio implementation below.
 - ``hypercorn -k trio|asyncio bench.apps:bare``: a constant 200 with a fixed body; the
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT / "tests" / "gen", ROOT / "tests", ROOT):
+for _path in (ROOT / "tests" / "support" / "gen", ROOT / "tests" / "support", ROOT):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
@@ -62,15 +62,15 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
 def bare_patched() -> Any:
     """``bare`` on hypercorn as the project runs it (with connect_proto's hypercorn fixes),
     so that ``ours`` is compared with the same server underneath."""
-    import connect_proto.server  # noqa: F401
+    import connect_proto._server.serve  # noqa: F401
 
     return bare
 
 
 def _without_write_coalescing() -> None:
-    """Switch off fix 6 of connect_proto.hypercorn_fixes (one ``send_all`` per HTTP/2
+    """Switch off fix 6 of connect_proto._server.fixes (one ``send_all`` per HTTP/2
     frame again, as stock hypercorn) for before/after comparisons in one run."""
-    from connect_proto import hypercorn_fixes
+    from connect_proto._server import fixes as hypercorn_fixes
 
     hypercorn_fixes._coalescing = False
 
@@ -92,16 +92,16 @@ def ours_nocoal() -> Any:
 def ours_app() -> Any:
     from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
-    # Importing connect_proto.server installs the project's hypercorn fixes, exactly as
-    # a deployment (which serves through connect_proto.server) gets them.
-    import connect_proto.server  # noqa: F401
-    from connect_proto.app import ConnectApp
+    # Importing connect_proto._server.serve installs the project's hypercorn fixes, exactly as
+    # a deployment (which serves through connect_proto._server.serve) gets them.
+    import connect_proto._server.serve  # noqa: F401
+    from connect_proto._app.app import ConnectApp
 
     return ConnectApp(services=[(TEST_SERVICE, TestServiceImpl())])
 
 
 class OfficialTestService:
-    """asyncio twin of tests/testsvc_impl.TestServiceImpl for the ``connectrpc`` server."""
+    """asyncio twin of tests/support/testsvc_impl.TestServiceImpl for the ``connectrpc`` server."""
 
     async def echo(self, request: Any, ctx: Any) -> Any:
         from testsvc.v1 import test_pb2

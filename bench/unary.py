@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "gen"))
+sys.path.insert(0, str(ROOT / "tests" / "support" / "gen"))
 
 ECHO_PATH = "/testsvc.v1.TestService/Echo"
 
@@ -128,7 +128,9 @@ class Server:
         config = workdir / "hypercorn.toml"
         config.write_text(HYPERCORN_TOML)
         self.log = workdir / f"{spec.name}.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "support")])
+        )
         env.pop("PYTHONASYNCIODEBUG", None)
         argv = [
             sys.executable,

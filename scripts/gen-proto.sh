@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates the Python code of the project's own .proto files into tests/gen.
-# tests/test_proto_fresh.py fails when the committed output differs from this.
+# Regenerates the Python code of the project's own .proto files into tests/support/gen.
+# tests/connect_proto/test_generated_fresh.py fails when the committed output differs from this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-tests/gen}
+out=${1:-tests/support/gen}
 mkdir -p "$out"
 python -m grpc_tools.protoc -I proto --python_out="$out" --pyi_out="$out" \
   $(find proto -name '*.proto' | sort)

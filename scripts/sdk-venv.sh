@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv-sdk with the real Flyte SDK (PyPI `flyte`) at the pinned version, for the
-# SDK interop tests (tests/test_sdk_*.py drive tests/sdk/*.py with .venv-sdk/bin/python).
+# SDK interop tests (tests/interop/test_sdk_*.py drive tests/support/sdk/*.py with .venv-sdk/bin/python).
 #
 # A separate venv because the SDK pins versions that conflict with the main one:
 # flyte 2.12.1 wants connectrpc<0.11 and flyteidl2==2.0.51 (main: connectrpc 0.13,

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
-scripts/sdk-venv.sh  # .venv-sdk: the real Flyte SDK for tests/test_sdk_*.py
+scripts/sdk-venv.sh  # .venv-sdk: the real Flyte SDK for tests/interop/test_sdk_*.py
 if [ -f tests/interop/package.json ]; then
   echo "test: installing npm clients (tests/interop)" >&2
   (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)

@@ -1,16 +1,18 @@
-"""Shared test set-up: generated test-service code on the import path."""
+"""Shared test set-up: the helpers in tests/support and the generated test-service code on
+the import path, and the emulator fixtures."""
 
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "gen"))
+for _path in (ROOT / "tests" / "support" / "gen", ROOT / "tests" / "support"):
+    sys.path.insert(0, str(_path))
 
-# Subprocess test servers, TLS files, schemas and client stubs (tests/servers.py).
+# Subprocess test servers, TLS files, schemas and client stubs (tests/support/servers.py).
 pytest_plugins = ["servers"]
 
 
-# --- Kubernetes API emulator (src/kube_emulator) -------------------------------------------
+# --- Kubernetes API emulator (emulator/, a distribution of its own) -----------------------
 
 import pytest  # noqa: E402
 

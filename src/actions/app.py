@@ -15,7 +15,7 @@ opened without waiting for its first list (``wait_for_sync=False``), so that the
 is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line) while the
 API server is slow or away, instead of crash-looping.
 
-Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto.server.serve`` when it
+Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto._server.serve.serve`` when it
 is cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE, new
 calls are refused with UNAVAILABLE, unary calls in flight get the grace period; then the
 lifespan exits and closes the store.
@@ -37,22 +37,24 @@ from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
 from actions.service import SERVICE_DESCRIPTOR, ActionsService
 from actions.store.base import Store
-from connect_proto.app import ConnectApp
-from connect_proto.auth import BearerAuth
-from connect_proto.health import (
+from connect_proto import (
     HEALTH_SERVICE,
     NOT_SERVING,
     SERVING,
+    AccessLog,
+    BearerAuth,
+    ConnectApp,
     HealthService,
     HealthStatus,
     Readiness,
+    RpcConfig,
+    RpcMetrics,
     healthz_app,
+    make_config,
+    metrics_app,
+    reflection_services,
 )
-from connect_proto.logs import AccessLog
-from connect_proto.metrics import RpcMetrics, metrics_app
-from connect_proto.reflection import reflection_services
-from connect_proto.server import RpcConfig, make_config
-from connect_proto.server import serve as serve_asgi
+from connect_proto import serve as serve_asgi
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,7 @@ import trio
 from actions import app as app_module
 from actions import config as config_module
 from actions.client_cli import CLIENT_COMMANDS, add_client_commands, run_client_command
-from connect_proto.auth import TokenFileError, load_token_file
-from connect_proto.logs import configure_logging
+from connect_proto import TokenFileError, configure_logging, load_token_file
 
 log = logging.getLogger("actions.cli")
 

@@ -47,8 +47,7 @@ from actions.watch_view import ChildRow as ChildRow
 from actions.watch_view import Screen, WatchState, phase_name
 from actions.watch_view import format_duration as format_duration
 from actions.watch_view import render_table as render_table
-from connect_proto.client import ConnectClient
-from connect_proto.errors import Code, RpcError
+from connect_proto import Code, ConnectClient, RpcError
 
 SERVICE: Final = "/flyteidl2.actions.ActionsService/"
 DEFAULT_URL: Final = "http://127.0.0.1:8091"

@@ -42,11 +42,12 @@ from typing import Any, Final
 
 import yaml
 
+from actions.kube_names import is_dns_label
+
 CONFIG_ENV: Final = "ACTIONS_CONFIG"  # path of the YAML file, when --config is not given
 STORE_KINDS: Final = ("embedded", "kubernetes", "memory")
 LOG_FORMATS: Final = ("plain", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class ConfigError(ValueError):
@@ -238,7 +239,7 @@ def _port(v: Any) -> str | None:
 
 
 def _dns_label(v: Any) -> str | None:
-    return None if _DNS_LABEL.match(v) else f"must be a DNS-1123 label, got {v!r}"
+    return None if is_dns_label(v) else f"must be a DNS-1123 label, got {v!r}"
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("actions.server.tls.reloadInterval", "tls_reload_interval", _Float(),
         "seconds between checks of the certificate files", valid=_positive),
     Key("actions.server.auth.tokenFile", "auth_token_file", _Path(),
-        "bearer token file (connect_proto.auth format); null: no auth", True,
+        "bearer token file (connect_proto._extras.auth format); null: no auth", True,
         flag="--auth-token-file", is_file=True),
     Key("actions.limits.maxStreamsPerConnection", "max_streams_per_connection", _Int(),
         "HTTP/2 concurrent streams per connection", valid=_at_least(1)),

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections import OrderedDict
@@ -32,11 +33,11 @@ from typing import Protocol
 import trio
 from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
 
-from actions import mapping
+from actions import objects
 from actions.metrics import FanOutMetrics
 from actions.naming import fnv1a_32
 from actions.store.base import KubeObject, WatchEvent
-from connect_proto.errors import Code, RpcError
+from connect_proto import Code, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ class EventSource(Protocol):
     async def latest(self, name: str) -> KubeObject | None: ...
 
 
+class Offered(enum.Enum):
+    """What ``Subscription.offer`` did with an update."""
+
+    ADDED = "added"  # a new entry in the stream's buffer
+    MERGED = "merged"  # replaced the pending update of the same action
+    FULL = "full"  # no room: the stream must be resynced
+
+
 class Subscription:
     """One WatchForUpdates stream's place in the fan-out."""
 
@@ -61,7 +70,7 @@ class Subscription:
 
     def __init__(
         self,
-        key: mapping.WatchKey,
+        key: objects.WatchKey,
         capacity: int,
         observe_lag: Callable[[float], None] | None = None,
     ) -> None:
@@ -84,17 +93,16 @@ class Subscription:
 
     def offer(
         self, action: str, rv: int, response: WatchForUpdatesResponse, read_at: float = 0.0
-    ) -> bool | None:
-        """Buffer an update without blocking. Returns True when it was added, None when
-        it replaced an older update of the same action, False when the buffer is full."""
+    ) -> Offered:
+        """Buffer an update without blocking."""
         if self._error is not None:
-            return None
+            return Offered.MERGED  # the stream ends at its next read; nothing to keep
         pending = self._pending
         if pending is None:
             pending = self._pending = OrderedDict()
         merged = action in pending
         if not merged and len(pending) >= self.capacity:
-            return False
+            return Offered.FULL
         if merged:
             # The lag of a merged update runs from the older event: that is how long
             # the reader has been without this action's news.
@@ -102,7 +110,7 @@ class Subscription:
         pending[action] = (rv, response, read_at)
         if self._wakeup is not None:
             self._wakeup.set()
-        return None if merged else True
+        return Offered.MERGED if merged else Offered.ADDED
 
     def fail(self, error: RpcError) -> None:
         """End the stream with ``error`` at its next read; frees the buffer at once."""
@@ -171,7 +179,7 @@ class FanOut:
         self._subscriber_buffer = subscriber_buffer
         self._restart_delay = restart_delay
         self._workers = [_Worker(buffer_size) for _ in range(workers)]
-        self._subscribers: dict[mapping.WatchKey, dict[Subscription, None]] = {}
+        self._subscribers: dict[objects.WatchKey, dict[Subscription, None]] = {}
         self._running = False
         self._closing = False
         self.metrics = metrics or FanOutMetrics()
@@ -194,7 +202,7 @@ class FanOut:
         return len(self._subscribers)
 
     @contextmanager
-    def subscribe(self, key: mapping.WatchKey) -> Iterator[Subscription]:
+    def subscribe(self, key: objects.WatchKey) -> Iterator[Subscription]:
         """Register a stream for ``key`` for the duration of the ``with`` block; it is
         removed on every exit path."""
         if not self.running:
@@ -280,7 +288,7 @@ class FanOut:
         async with receive:
             async for event in receive:
                 metrics.events_received += 1
-                key = mapping.watch_key_of(event.object)
+                key = objects.watch_key_of(event.object)
                 if key is None or key not in self._subscribers:
                     # Safe to skip: a stream that subscribes later reads its snapshot
                     # after subscribing, so after this (already committed) change.
@@ -307,7 +315,7 @@ class FanOut:
 
     async def _handle(self, event: WatchEvent, read_at: float = 0.0) -> None:
         obj = event.object
-        key = mapping.watch_key_of(obj)
+        key = objects.watch_key_of(obj)
         if key is None or key not in self._subscribers:
             return
         deleted = event.type == "DELETED"
@@ -315,20 +323,20 @@ class FanOut:
             latest = await self._source.latest(event.name)
             if latest is None:
                 return  # deleted meanwhile: its DELETED event follows
-            if mapping.resource_version(latest) >= mapping.resource_version(obj):
+            if objects.resource_version(latest) >= objects.resource_version(obj):
                 obj = latest
         subs = self._subscribers.get(key)
         if not subs:
             return
-        response = mapping.watch_response(obj, self.namespace, deleted=deleted)
-        rv = mapping.resource_version(obj)
+        response = objects.watch_response(obj, self.namespace, deleted=deleted)
+        rv = objects.resource_version(obj)
         action = obj["spec"]["actionName"]
         metrics = self.metrics
         for sub in list(subs):
-            added = sub.offer(action, rv, response, read_at)
-            if added is False:
+            offered = sub.offer(action, rv, response, read_at)
+            if offered is Offered.FULL:
                 self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
-            elif added:
+            elif offered is Offered.ADDED:
                 metrics.updates_delivered += 1
             else:
                 metrics.updates_merged += 1

@@ -12,6 +12,8 @@ from typing import Final
 
 from flyteidl2.common.identifier_pb2 import ActionIdentifier, RunIdentifier
 
+from actions.kube_names import MAX_LABEL, MAX_SUBDOMAIN, is_dns_label, is_label_value
+
 GROUP: Final = "flyte.org"
 VERSION: Final = "v1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -29,12 +31,8 @@ LABEL_PARENT: Final = "flyte.org/parent"
 ANNOTATION_ABORT_REASON: Final = "flyte.org/abort-reason"
 ANNOTATION_ABORTED_BY: Final = "flyte.org/aborted-by"
 
-MAX_LABEL: Final = 63
-MAX_SUBDOMAIN: Final = 253
 HASH_LEN: Final = 10
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # An encoded part ends in "-" plus HASH_LEN hex digits. A valid part of that same shape is
 # encoded too, so an encoded part can never equal a passed-through one: this keeps the
 # mapping from identifiers to names injective (up to a collision of the hash itself).
@@ -59,14 +57,6 @@ def fnv1a_32(data: bytes) -> int:
 def short_hash(value: str) -> str:
     """A short, stable, lowercase-hex digest of ``value``."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:HASH_LEN]
-
-
-def is_dns_label(value: str) -> bool:
-    return len(value) <= MAX_LABEL and _DNS_LABEL.match(value) is not None
-
-
-def is_label_value(value: str) -> bool:
-    return len(value) <= MAX_LABEL and _LABEL_VALUE.match(value) is not None
 
 
 def _encode(value: str, max_len: int) -> str:

@@ -1,6 +1,6 @@
 """``flyteidl2.actions.ActionsService``: Enqueue, WatchForUpdates, Update, Abort, Signal.
 
-Handlers follow ``connect_proto.service`` shapes. State lives only in the store; the
+Handlers follow ``connect_proto._service`` shapes. State lives only in the store; the
 service keeps no per-action memory, so several replicas may serve the same store.
 """
 
@@ -19,7 +19,7 @@ from flyteidl2.common.identifier_pb2 import ActionIdentifier
 from flyteidl2.core.types_pb2 import SimpleType
 from google.protobuf import json_format
 
-from actions import mapping, naming, timefmt, transitions
+from actions import naming, objects, timefmt, transitions
 from actions.fanout import FanOut
 from actions.store.base import KubeObject, Store
 from actions.store.errors import (
@@ -33,8 +33,7 @@ from actions.store.errors import (
     TooLarge,
 )
 from actions.validation import invalid, validate
-from connect_proto.context import RequestContext
-from connect_proto.errors import Code, RpcError
+from connect_proto import Code, RequestContext, RpcError
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +149,14 @@ class ActionsService:
     async def enqueue(self, request: pb.EnqueueRequest, ctx: RequestContext) -> pb.EnqueueResponse:
         validate(request)
         action = request.action
-        if action.WhichOneof("spec") == mapping.TYPE_CONDITION:
+        if action.WhichOneof("spec") == objects.TYPE_CONDITION:
             ctype = action.condition.type
             if ctype.WhichOneof("type") != "simple" or ctype.simple not in _SIMPLE_CONDITION_TYPES:
                 raise invalid(
                     "action.condition.type", "must be a simple bool, int, float or string"
                 )
         store = self.store
-        parent_name = mapping.parent_name_of(action)
+        parent_name = objects.parent_name_of(action)
         parent: KubeObject | None = None
         with _store_errors():
             try:
@@ -167,7 +166,7 @@ class ActionsService:
                     if parent["metadata"].get("deletionTimestamp"):
                         # What create would say (the owner is terminating), said early.
                         raise OwnerTerminating(pname)
-                created = await store.create(mapping.new_object(request, self.namespace, parent))
+                created = await store.create(objects.new_object(request, self.namespace, parent))
             except AlreadyExists:
                 raise RpcError(
                     Code.ALREADY_EXISTS, f"action {action.action_id.name!r} already exists"
@@ -203,7 +202,7 @@ class ActionsService:
             for _ in range(MAX_CONFLICT_RETRIES):
                 if (obj.get("status") or {}).get("conditions"):
                     return  # someone (an executor) already moved it on
-                status = mapping.initial_status(obj, action, timefmt.now())
+                status = objects.initial_status(obj, action, timefmt.now())
                 try:
                     await self.store.update_status(_with_status(obj, status))
                     return
@@ -318,12 +317,12 @@ class ActionsService:
         parent_id = request.parent_action_id
         # Subscribe first, then read: a change between the two is in the buffer, and one
         # already in the snapshot is dropped by resourceVersion (min_rv).
-        with fanout.subscribe(mapping.WatchKey.for_parent(parent_id)) as sub:
+        with fanout.subscribe(objects.WatchKey.for_parent(parent_id)) as sub:
             snapshot, list_rv = await self._snapshot(parent_id)
             sub.min_rv = list_rv
             for response in snapshot:
                 await send(response)
-            await send(mapping.SENTINEL)
+            await send(objects.SENTINEL)
             while True:
                 for response in await sub.next_batch():
                     await send(response)
@@ -332,7 +331,7 @@ class ActionsService:
         self, parent_id: ActionIdentifier
     ) -> tuple[list[pb.WatchForUpdatesResponse], int]:
         store = self.store
-        key = mapping.WatchKey.for_parent(parent_id)
+        key = objects.WatchKey.for_parent(parent_id)
         with _store_errors():
             children, list_rv = await store.list(naming.children_selector(parent_id))
             try:
@@ -342,10 +341,10 @@ class ActionsService:
             except NotFound:
                 parent = None
         out: list[pb.WatchForUpdatesResponse] = []
-        if parent is not None and mapping.action_id_of(parent) == parent_id:
-            out.append(mapping.watch_response(parent, self.namespace))
+        if parent is not None and objects.action_id_of(parent) == parent_id:
+            out.append(objects.watch_response(parent, self.namespace))
         for child in children:
             # Labels may be hashed; the spec is the exact identity.
-            if mapping.watch_key_of(child) == key:
-                out.append(mapping.watch_response(child, self.namespace))
+            if objects.watch_key_of(child) == key:
+                out.append(objects.watch_response(child, self.namespace))
         return out, _rv_int(list_rv)

@@ -17,9 +17,9 @@ from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from actions import mapping, phases, timefmt
+from actions import objects, phases, timefmt
 from actions.validation import invalid
-from connect_proto.errors import Code, RpcError
+from connect_proto import Code, RpcError
 
 Status = dict[str, Any]
 
@@ -48,10 +48,10 @@ def set_phase(status: Status, phase: phases.Phase, now: str, *, message: str = "
         status["phaseHistory"] = history
 
 
-def apply_update(obj: mapping.KubeObject, attempt: int, update: ActionStatus) -> Status | None:
+def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) -> Status | None:
     """The status after an ``Update``; see the contract's Update section."""
     stored: Status = obj.get("status") or {}
-    current = mapping.phase_of_object(obj)
+    current = objects.phase_of_object(obj)
     stored_attempts = int(stored.get("attempts") or 0)
     requested = update.phase
     if requested not in phases.KNOWN:
@@ -99,13 +99,13 @@ def _timestamp(field: str, ts: Timestamp) -> str:
     return timefmt.from_timestamp(ts)
 
 
-def declared_simple_type(obj: mapping.KubeObject) -> int | None:
+def declared_simple_type(obj: objects.KubeObject) -> int | None:
     spec = obj.get("spec") or {}
     raw = spec.get("conditionSpec")
     if not raw:
         return None
     cond = ConditionAction()
-    cond.ParseFromString(mapping.unb64(raw))
+    cond.ParseFromString(objects.unb64(raw))
     if cond.type.WhichOneof("type") != "simple":
         return None
     return cond.type.simple
@@ -126,13 +126,13 @@ def same_signal(a: Literal, b: Literal) -> bool:
 
 
 def apply_signal(
-    obj: mapping.KubeObject,
+    obj: objects.KubeObject,
     value: Literal,
     signalled_by: Any | None,
 ) -> Status | None:
     """The status after a ``Signal``; see the contract's Signal section."""
     spec = obj.get("spec") or {}
-    if spec.get("actionType") != mapping.TYPE_CONDITION:
+    if spec.get("actionType") != objects.TYPE_CONDITION:
         raise RpcError(Code.FAILED_PRECONDITION, "action is not a condition")
     kind = signal_kind(value)
     if kind is None:
@@ -146,18 +146,18 @@ def apply_signal(
     stored: Status = obj.get("status") or {}
     previous = (stored.get("signal") or {}).get("value")
     if previous:
-        if same_signal(mapping.literal_of(previous), value):
+        if same_signal(objects.literal_of(previous), value):
             return None
         raise RpcError(
             Code.FAILED_PRECONDITION, "condition was already signalled with another value"
         )
-    current = mapping.phase_of_object(obj)
+    current = objects.phase_of_object(obj)
     if phases.is_terminal(current):
         raise RpcError(Code.FAILED_PRECONDITION, f"condition is already {phases.name(current)}")
     new = copy.deepcopy(stored)
     now = timefmt.now()
     signal: dict[str, Any] = {
-        "value": mapping.b64(value.SerializeToString(deterministic=True)),
+        "value": objects.b64(value.SerializeToString(deterministic=True)),
         "signalledAt": now,
     }
     if signalled_by is not None:

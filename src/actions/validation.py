@@ -10,7 +10,7 @@ import protovalidate
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 
-from connect_proto.errors import Code, RpcError
+from connect_proto import Code, RpcError
 
 _validator = protovalidate.Validator()
 

@@ -7,10 +7,10 @@ server but reuses the constants and the error texts, so both backends fail the s
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from actions.kube_names import is_dns_subdomain, is_label_value, is_qualified_name_part
 from actions.store.base import KubeObject
 from actions.store.errors import Invalid, TooLarge
 
@@ -32,11 +32,6 @@ ORPHAN_FINALIZER = "orphan"
 # both backends turn the same actions away. (etcd counts its key and a few bytes of
 # framing as well, so a real cluster refuses objects a little below this.)
 MAX_OBJECT_BYTES: Final = 3 * 512 * 1024
-
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
-_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 def dumps(obj: Any) -> str:
@@ -87,15 +82,11 @@ def conflict_message(name: str) -> str:
     )
 
 
-def is_dns_subdomain(value: str) -> bool:
-    return len(value) <= 253 and _DNS_SUBDOMAIN.fullmatch(value) is not None
-
-
 def _check_qualified_name(key: str, what: str) -> None:
     prefix, sep, name = key.rpartition("/")
     if sep and not (prefix and is_dns_subdomain(prefix)):
         raise Invalid(f"{what} {key!r}: prefix must be a DNS-1123 subdomain")
-    if not (0 < len(name) <= 63 and _LABEL_NAME.fullmatch(name)):
+    if not is_qualified_name_part(name):
         raise Invalid(f"{what} {key!r}: name part must be a qualified name of at most 63 chars")
 
 
@@ -106,7 +97,7 @@ def validate_labels(labels: Any) -> None:
         if not isinstance(key, str) or not isinstance(value, str):
             raise Invalid("metadata.labels must be a map of strings")
         _check_qualified_name(key, "label key")
-        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        if not is_label_value(value):
             raise Invalid(f"label value {value!r} of {key!r} is not a valid label value")
 
 

@@ -32,6 +32,7 @@ from typing import TypeVar
 
 import trio
 
+from actions.kube_names import is_dns_label
 from actions.store import _embedded_ops as ops
 from actions.store import _meta, _sqlite
 from actions.store._sqlite import Connection, Synchronous, Tx
@@ -104,7 +105,7 @@ class EmbeddedStore:
         for resuming. ``synchronous="FULL"`` fsyncs each commit (survives power loss);
         ``"NORMAL"`` survives process crashes only.
         """
-        if not _meta.is_dns_subdomain(namespace) or len(namespace) > 63 or "." in namespace:
+        if not is_dns_label(namespace):
             raise Invalid(f"namespace {namespace!r} is not a DNS-1123 label")
         if change_retention < 1:
             raise ValueError("change_retention must be at least 1")

@@ -1,0 +1,1 @@
+"""The ASGI application: routing, the I/O of one call, stream limits and shutdown."""

@@ -1,0 +1,377 @@
+"""The I/O half of a call: read the body, run the handler under its deadline, write events.
+
+Everything protocol-specific lives in the ``ServerCall``; this module only moves bytes
+between ASGI and the call, enforces the deadline with a cancel scope, and cancels the
+handler when the client goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import trio
+from google.protobuf.message import Message
+
+from connect_proto._app.shutdown import ShutdownSignal, shutting_down_error
+from connect_proto._context import RequestContext
+from connect_proto._errors import Code, RpcError
+from connect_proto._hooks import Interceptor
+from connect_proto._service import MethodKind, RpcRoute
+from connect_proto._types import AsgiReceive, AsgiSend
+from connect_proto._wire.protocol import AsgiEvent, ServerCall
+
+log = logging.getLogger("connect_proto")
+
+
+# Bounded drain of an unread HTTP/1.1 request body after an early answer: past these,
+# we ask for the connection to be closed instead.
+DRAIN_MAX_BYTES = 1024 * 1024
+DRAIN_MAX_SECONDS = 1.0
+
+
+class ClientDisconnected(Exception):
+    """The client went away (ASGI ``http.disconnect``)."""
+
+
+class RequestBody:
+    """The single reader of ASGI ``receive``: body chunks, then disconnect watching."""
+
+    __slots__ = ("_receive", "complete", "disconnected")
+
+    def __init__(self, receive: AsgiReceive) -> None:
+        self._receive = receive
+        self.complete = False
+        self.disconnected = False
+
+    async def read(self) -> bytes:
+        """The next body chunk (maybe empty); check ``complete`` for the end."""
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            raise ClientDisconnected
+        if not message.get("more_body", False):
+            self.complete = True
+        return message.get("body", b"")
+
+    async def wait_disconnect(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                return
+
+    async def drain(self, declared_length: str | None = None) -> bool:
+        """Discard the rest of the body, within bounds; True if it all arrived.
+
+        A Content-Length already past the bound is not waited for at all.
+        """
+        if declared_length is not None:
+            declared = declared_length.strip()
+            if declared.isdigit() and int(declared) > DRAIN_MAX_BYTES:
+                return False
+        seen = 0
+        with trio.move_on_after(DRAIN_MAX_SECONDS):
+            try:
+                while not self.complete and seen <= DRAIN_MAX_BYTES:
+                    seen += len(await self.read())
+            except ClientDisconnected:
+                return False
+        return self.complete
+
+
+@types.coroutine
+def await_watching(awaitable: Awaitable[Any], watch: Callable[[], None]) -> Any:
+    """``await awaitable``, calling ``watch()`` the first time it suspends.
+
+    Spawning the disconnect watcher and cancelling it again costs more than a small
+    unary handler (about half of an in-process Echo call); a handler that answers
+    without blocking (a cache hit, a validation error) cannot be interrupted by a
+    disconnect anyway, so it never needs one. This delegates exactly as ``await`` does
+    (send, throw), only noticing the first trap.
+    """
+    coro: Any = awaitable.__await__()
+    value: Any = None
+    error: BaseException | None = None
+    watching = False
+    while True:
+        try:
+            if error is None:
+                trap = coro.send(value)
+            else:
+                trap, error = coro.throw(error), None
+        except StopIteration as stop:
+            return stop.value
+        if not watching:
+            watching = True
+            watch()
+        try:
+            value = yield trap
+        except BaseException as exc:  # Cancelled, KeyboardInterrupt, GeneratorExit: pass on
+            value, error = None, exc
+
+
+def first_rpc_error(exc: BaseException) -> RpcError | None:
+    """The RpcError inside ``exc`` (handlers may raise it out of a nursery), if any."""
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = first_rpc_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(inner, kind) for inner in exc.exceptions)
+    return isinstance(exc, kind)
+
+
+class RequestStream:
+    """Async iterator of request messages for client- and bidi-streaming handlers."""
+
+    def __init__(self, call: ServerCall, body: RequestBody, on_eof: Callable[[], None]) -> None:
+        self._call = call
+        self._body = body
+        self._pending: deque[Message] = deque()
+        self._done = False
+        self._on_eof = on_eof
+        self.count = 0  # messages handed to the handler
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        while not self._pending:
+            if self._done:
+                raise StopAsyncIteration
+            chunk = await self._body.read()
+            self._pending.extend(self._call.feed(chunk))
+            if self._body.complete:
+                self._pending.extend(self._call.eof())
+                self._done = True
+                self._on_eof()
+        self.count += 1
+        return self._pending.popleft()
+
+
+async def read_single(call: ServerCall, body: RequestBody) -> Message:
+    """The one request message of a unary or server-streaming call."""
+    messages: list[Message] = []
+    while not body.complete:
+        messages += call.feed(await body.read())
+        if len(messages) > 1:
+            break
+    else:
+        messages += call.eof()
+    if len(messages) != 1:
+        what = "no request message" if not messages else "more than one request message"
+        raise RpcError(Code.UNIMPLEMENTED, f"protocol error: {what} for a unary request")
+    return messages[0]
+
+
+class CallRunner:
+    """Runs one accepted call to completion.
+
+    ``interceptors`` run first, inside the deadline; then ``refusal`` (decided by the app
+    before the call started, e.g. a stream limit or shutdown) ends the call if set.
+    Stream handlers run in a scope from ``shutdown``, so a server shutdown ends them with
+    UNAVAILABLE. Afterwards ``error``, ``completed`` and the message counts tell
+    observers how the call ended.
+    """
+
+    def __init__(
+        self,
+        call: ServerCall,
+        route: RpcRoute,
+        ctx: RequestContext,
+        receive: AsgiReceive,
+        send: AsgiSend,
+        *,
+        interceptors: tuple[Interceptor, ...] = (),
+        refusal: RpcError | None = None,
+        shutdown: ShutdownSignal | None = None,
+    ) -> None:
+        self.call = call
+        self.route = route
+        self.ctx = ctx
+        self.body = RequestBody(receive)
+        self._send = send
+        self._close = False  # add "connection: close" to the head (HTTP/1.1)
+        self._http1 = call.request.http_version.startswith("1")
+        self._interceptors = interceptors
+        self._refusal = refusal
+        self._shutdown = shutdown
+        self.error: RpcError | None = None  # the status the call ended with (None = OK)
+        self.completed = False  # the final status was handed to the server
+        self.messages_received = 0
+        self.messages_sent = 0
+
+    async def emit(self, events: list[AsgiEvent]) -> None:
+        for event in events:
+            if event["type"] == "http.response.start":
+                if self._close:
+                    event["headers"] = [*event["headers"], (b"connection", b"close")]
+                await self._send(event)
+                self.call.head_sent = True
+            else:
+                await self._send(event)
+
+    async def run(self) -> None:
+        call = self.call
+        error: RpcError | None = None
+        final: list[AsgiEvent] | None = None
+        try:
+            timeout = call.negotiate()
+        except RpcError as exc:
+            await self._finish_early(exc)
+            return
+        if timeout is not None:
+            self.ctx.deadline = trio.current_time() + timeout
+        scope = trio.CancelScope(deadline=self.ctx.deadline)
+        async with trio.open_nursery() as nursery:
+
+            def watch() -> None:
+                nursery.start_soon(self._watch_disconnect, scope)
+
+            with scope:
+                try:
+                    final = await self._invoke(watch)
+                except ClientDisconnected:
+                    pass
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:
+                    if _only(exc, trio.Cancelled):
+                        raise
+                    if _only(exc, ClientDisconnected):
+                        self.body.disconnected = True
+                    else:
+                        error = first_rpc_error(exc)
+                        if error is None:
+                            if not isinstance(exc, Exception | BaseExceptionGroup):
+                                raise
+                            log.exception("handler for %s failed", self.route.path)
+                            error = RpcError(Code.INTERNAL, "internal error")
+            nursery.cancel_scope.cancel()
+        if self.body.disconnected:
+            return  # the client is gone: write nothing more
+        if scope.cancelled_caught and error is None and final is None:
+            error = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+        if error is not None:
+            await self._finish_early(error)
+        elif final is not None:
+            await self._emit_final(final)
+            self.messages_sent = 1
+        else:
+            await self._emit_final(call.end_events(None, self.ctx))
+
+    async def _finish_early(self, error: RpcError) -> None:
+        """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
+        self.error = error
+        if not self.body.complete and self._http1:
+            if not self.body.disconnected and not self.call.head_sent:
+                declared = self.call.request.headers.get("content-length")
+                self._close = not await self.body.drain(declared)
+        if self.body.disconnected:
+            return
+        await self._emit_final(self.call.end_events(error, self.ctx))
+
+    async def _emit_final(self, events: list[AsgiEvent]) -> None:
+        if self.body.complete or self.body.disconnected or self._http1:
+            await self._emit_final_events(events)
+            return
+        # HTTP/2, answered before the request body ended (a refusal, or a handler that
+        # stopped reading). hypercorn queues request events for us in a small bounded
+        # channel and, inside our final send, puts http.disconnect into it; with the
+        # channel full of unread body that put blocks our own send forever (and the
+        # connection's reader with it). Draining concurrently keeps room in it.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drain_quietly)
+            await self._emit_final_events(events)
+            nursery.cancel_scope.cancel()
+
+    async def _drain_quietly(self) -> None:
+        try:
+            await self.body.wait_disconnect()
+        except Exception:  # the server's receive failing just ends the drain
+            pass
+
+    async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
+        try:
+            await self.emit(events)
+            self.completed = True
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # connection lost while finishing: nothing left to tell the client
+
+    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
+        await self.body.wait_disconnect()
+        scope.cancel()
+
+    async def _invoke(self, watch: Callable[[], None]) -> list[AsgiEvent] | None:
+        """Run the handler; return the final events of a unary response, else None."""
+        route, call, ctx = self.route, self.call, self.ctx
+        for interceptor in self._interceptors:
+            await interceptor.intercept(route, ctx)
+        if self._refusal is not None:
+            raise self._refusal
+        kind = route.kind
+        if kind is MethodKind.UNARY or kind is MethodKind.SERVER_STREAMING:
+            request = await read_single(call, self.body)
+            self.messages_received = 1
+            # A deadline that already passed (timeout 0) must not run the handler.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if kind is MethodKind.UNARY:
+                return self._unary_result(await await_watching(route.handler(request, ctx), watch))
+            watch()
+            await self._stream(route.handler, request)
+            return None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        requests = RequestStream(call, self.body, watch)
+        try:
+            if kind is MethodKind.CLIENT_STREAMING:
+                return self._unary_result(await route.handler(requests, ctx))
+            await self._stream(route.handler, requests)
+        finally:
+            self.messages_received = requests.count
+        return None
+
+    async def _stream(self, handler: Callable[..., Awaitable[None]], request: Any) -> None:
+        """Run a response-streaming handler; a server shutdown ends it with UNAVAILABLE."""
+        if self._shutdown is None:
+            await handler(request, self.ctx, self._send_message)
+            return
+        with self._shutdown.stream_scope() as stop:
+            await handler(request, self.ctx, self._send_message)
+        if stop.cancelled_caught:
+            raise shutting_down_error()
+
+    def _unary_result(self, response: Any) -> list[AsgiEvent]:
+        if not isinstance(response, self.route.output_type):
+            log.error(
+                "handler for %s returned %s, not %s",
+                self.route.path,
+                type(response).__name__,
+                self.route.output_type.__name__,
+            )
+            raise RpcError(Code.INTERNAL, "internal error")
+        # Rendered inside the deadline scope, written outside it, so a deadline can
+        # never interrupt a half-written unary response.
+        return self.call.unary_events(response, self.ctx)
+
+    async def _send_message(self, message: Message) -> None:
+        if not isinstance(message, self.route.output_type):
+            raise TypeError(
+                f"{self.route.path} streams {self.route.output_type.__name__}, "
+                f"not {type(message).__name__}"
+            )
+        await self.emit(self.call.message_events(message, self.ctx))
+        self.messages_sent += 1
+
+
+__all__ = ["CallRunner", "ClientDisconnected", "RequestBody", "first_rpc_error"]

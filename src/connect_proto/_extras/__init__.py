@@ -1,0 +1,1 @@
+"""Optional parts, each opt-in: auth, metrics, logs, health, reflection, CORS."""

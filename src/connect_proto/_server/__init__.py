@@ -1,0 +1,1 @@
+"""Serving under hypercorn's trio worker: configuration, TLS, and the protocol fixes."""

@@ -1,0 +1,30 @@
+"""The committed generated code matches what scripts/gen-proto.sh makes from proto/."""
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _files(base: Path) -> set[Path]:
+    return {
+        p.relative_to(base) for p in base.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    env_python = Path(sys.executable).parent
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen-proto.sh"), str(tmp_path)],
+        check=True,
+        cwd=ROOT,
+        env={"PATH": f"{env_python}:/usr/bin:/bin"},
+    )
+    committed = ROOT / "tests" / "support" / "gen"
+    assert _files(tmp_path) == _files(committed), "run scripts/gen-proto.sh"
+    for rel in _files(tmp_path):
+        assert filecmp.cmp(tmp_path / rel, committed / rel, shallow=False), (
+            f"{rel} is stale: run scripts/gen-proto.sh"
+        )
