@@ -15,7 +15,7 @@ from proto_calls import ALL, SVC, Case, call, request_for
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
-from connect_proto import auth
+from connect_proto._extras import auth
 from connect_proto._app.app import ConnectApp
 from connect_proto._client import ConnectClient
 from connect_proto._context import RequestContext
