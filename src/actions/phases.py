@@ -104,14 +104,17 @@ def conditions_for(
         status = "True" if t == ctype else "False"
         cond_reason = reason if t == ctype or t == PROGRESSING else "NotReached"
         old = before.get(t)
-        changed = old is None or old.get("status") != status
+        if old is None or old.get("status") != status:
+            transition_time = now
+        else:
+            transition_time = old.get("lastTransitionTime", now)
         out.append(
             {
                 "type": t,
                 "status": status,
                 "reason": cond_reason,
                 "message": message if t == ctype else "",
-                "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+                "lastTransitionTime": transition_time,
             }
         )
     return out

@@ -120,9 +120,12 @@ def signal_kind(value: Literal) -> str | None:
 
 
 def same_signal(a: Literal, b: Literal) -> bool:
+    """Both literals hold the same primitive member with the same value."""
     pa, pb = a.scalar.primitive, b.scalar.primitive
     kind = pa.WhichOneof("value")
-    return kind == pb.WhichOneof("value") and getattr(pa, kind) == getattr(pb, kind)
+    if kind is None or kind != pb.WhichOneof("value"):
+        return False
+    return bool(getattr(pa, kind) == getattr(pb, kind))
 
 
 def apply_signal(

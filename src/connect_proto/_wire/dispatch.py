@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 from connect_proto._errors import Code, RpcError
 from connect_proto._headers import Headers
 from connect_proto._service import MethodKind, RpcRoute
+from connect_proto._types import RawHeaders
 from connect_proto._wire.codec import CODECS, Codec
 from connect_proto._wire.connect import (
     STREAM_CONTENT_TYPES,
@@ -32,7 +33,7 @@ from connect_proto._wire.grpc import (
     GrpcWebCall,
     GrpcWebTextCall,
 )
-from connect_proto._wire.protocol import CallRequest, RawHeaders, ServerCall
+from connect_proto._wire.protocol import CallRequest, ServerCall
 
 
 @dataclass(frozen=True, slots=True)
