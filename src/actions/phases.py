@@ -1,7 +1,11 @@
-"""Phases as Kubernetes-style conditions on ``status.conditions`` (the contract's table).
+"""Phases as Kubernetes-style conditions on ``status.conditions``.
 
 Three condition types are always written together so that exactly one is True:
-``Progressing`` for live phases, ``Succeeded`` and ``Failed`` for terminal ones.
+``Progressing`` for live phases, ``Succeeded`` and ``Failed`` for terminal ones; the
+reason names the phase (``_CONDITION`` below is the whole mapping). Conditions follow the
+Kubernetes API conventions ("Typical status properties": ``type``, ``status``,
+``reason``, ``message``, ``lastTransitionTime``), https://github.com/kubernetes/community/
+blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from servers import TlsFiles
 
 from actions import client_cli as cli
 from actions import watch_view
-from actions.app import build_app, open_memory_store
+from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
 from actions.validation import validate
 from actions.watch_follow import ReconnectPolicy, follow_watch
@@ -408,8 +408,8 @@ def _recording(app: Any, seen: list[dict[str, str]]) -> Any:
 async def actions_server(
     tls: TlsFiles | None = None, seen: list[dict[str, str]] | None = None
 ) -> AsyncIterator[str]:
-    """The teammates' app (actions.app.build_app) on the memory store, port 0."""
-    application = build_app(Config(port=0), open_store=open_memory_store)
+    """The served app (actions.app.ActionsApplication) on the memory store, port 0."""
+    application = ActionsApplication(Config(port=0), open_store=open_memory_store)
     app = application.app if seen is None else _recording(application.app, seen)
     config = make_config(
         "127.0.0.1",
