@@ -15,6 +15,7 @@ from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import objects, phases, timefmt
@@ -139,7 +140,7 @@ def same_signal(a: Literal, b: Literal) -> bool:
 def apply_signal(
     obj: objects.KubeObject,
     value: Literal,
-    signalled_by: Any | None,
+    signalled_by: Message | None,
 ) -> Status | None:
     """The status after a ``Signal``, or None when it changes nothing.
 
