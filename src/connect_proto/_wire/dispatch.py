@@ -1,9 +1,9 @@
 """Request classification before any protocol runs (sans-IO).
 
-Implements the check order of connect-go's handler: bidi on HTTP/1 (505), unknown path
-(404), HTTP method (405), content type (415), GET with a body (415), then the
-transport checks for gRPC (HTTP/2 and ``te: trailers``). Everything after that is
-reported in the protocol's own error format by a ``ServerCall``.
+Unknown path first (404, a mux's answer), then the check order of connect-go's
+handler: bidi on HTTP/1 (505), HTTP method (405), content type (415), GET with a body
+(415), then the transport checks for gRPC (HTTP/2 and ``te: trailers``). Everything
+after that is reported in the protocol's own error format by a ``ServerCall``.
 """
 
 from __future__ import annotations
