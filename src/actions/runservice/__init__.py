@@ -1,0 +1,38 @@
+"""Reporting actions to Flyte's run service (``flyteidl2.workflow.InternalRunService``).
+
+Wiring (see ``RunServiceNotifier``)::
+
+    notifier = notifier_for(config.run_service_url, store)   # None: not configured
+    fanout.observers.append(notifier.observe)                # every store event
+    nursery.start_soon(notifier.run)                         # next to the fan-out
+"""
+
+from __future__ import annotations
+
+from actions.runservice.client import ConnectRunServiceClient, RunServiceClient, check_url
+from actions.runservice.messages import TERMINAL_RECORDED
+from actions.runservice.notifier import RunServiceMetrics, RunServiceNotifier, RunServiceStore
+
+
+def notifier_for(
+    url: str | None, store: RunServiceStore, **options: object
+) -> RunServiceNotifier | None:
+    """A notifier for the run service at ``url`` (``actions.runServiceUrl``), or None
+    when ``url`` is empty or None. ``options`` go to ``RunServiceNotifier``. Raises
+    ValueError for a URL that is not http(s)://host[:port][/path]."""
+    if not url:
+        return None
+    client = ConnectRunServiceClient(url)
+    return RunServiceNotifier(client, store, **options)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "TERMINAL_RECORDED",
+    "ConnectRunServiceClient",
+    "RunServiceClient",
+    "RunServiceMetrics",
+    "RunServiceNotifier",
+    "RunServiceStore",
+    "check_url",
+    "notifier_for",
+]
