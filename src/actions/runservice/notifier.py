@@ -303,7 +303,10 @@ class RunServiceNotifier:
             return
         for obj in items:
             name = (obj.get("metadata") or {}).get("name")
-            if not name or messages.is_marked(obj):
+            if not name:
+                continue
+            if messages.is_marked(obj):
+                self._finished(name)  # so that no child promotes it again
                 continue
             final = messages.is_final(obj, deleted=False)
             if everything or final:
