@@ -41,9 +41,11 @@ from actions.runservice import (
     RunServiceNotifier,
     notifier_for,
 )
+from actions.runservice.buffer import Offer, Pending, PendingBuffer
 from actions.runservice.client import SERVICE
+from actions.runservice.notifier import MARK_ATTEMPTS
 from actions.store.base import KubeObject, WatchEvent
-from actions.store.errors import NotFound
+from actions.store.errors import NotFound, StoreUnavailable
 from connect_proto import Code, ConnectApp, RequestContext, RpcError, make_config, serve
 
 NAMESPACE = "flyte"
@@ -167,8 +169,12 @@ class FakeStore:
         self.objects = {name_of(o): o for o in objs}
         self.patches: list[tuple[str, dict[str, str]]] = []
         self.lists = 0
+        self.fail_patches = 0  # the next patches that fail
 
     async def patch_annotations(self, name: str, annotations: dict[str, str]) -> KubeObject:
+        if self.fail_patches:
+            self.fail_patches -= 1
+            raise StoreUnavailable("the API server is away")
         self.patches.append((name, dict(annotations)))
         obj = self.objects.get(name)
         if obj is None:
@@ -571,6 +577,111 @@ async def test_marked_objects_from_upstream_are_ignored() -> None:
         notifier.observe(event(obj))
         await settle(notifier)
     assert double.calls == []
+
+
+async def test_resync_reports_what_the_events_missed() -> None:
+    """After a gap in the events (the change stream reopened without replay), resync()
+    lists the store and reports every unmarked object, terminal or not."""
+    done = make_obj(ROOT_REQ, phases.SUCCEEDED, rv=4)
+    live = make_obj(CHILD_REQ, phases.RUNNING, rv=5)
+    async with setup(done, live, rescan_delay=0.01) as (double, store, notifier):
+        notifier.observe(event(make_obj(ROOT_REQ, phases.RUNNING, rv=2), "ADDED"))
+        await wait_until(lambda: double.phases_of("a0") == [phases.RUNNING])
+        notifier.resync()
+        await wait_until(lambda: store.marked() == [name_of(done)])
+        await wait_until(lambda: double.phases_of("c1") == [phases.RUNNING])
+    assert double.phases_of("a0") == [phases.RUNNING, phases.SUCCEEDED]
+    assert len(double.of("RecordAction", "a0")) == 1
+
+
+async def test_a_failed_mark_is_retried_through_a_store_listing() -> None:
+    """The run service has the terminal status but the store refuses the annotation:
+    the notifier lists the store later and marks it then, without reporting twice."""
+    done = make_obj(ROOT_REQ, phases.FAILED)
+    async with setup(done, rescan_delay=0.01) as (double, store, notifier):
+        store.fail_patches = MARK_ATTEMPTS
+        notifier.observe(event(done, "ADDED"))
+        await wait_until(lambda: notifier.metrics.mark_failures == 1)
+        await wait_until(lambda: store.marked() == [name_of(done)])
+    assert notifier.metrics.marked == 1
+    assert double.phases_of("a0") == [phases.FAILED]
+    assert store.lists >= 1
+
+
+async def test_a_name_used_again_after_a_delete_is_a_new_action() -> None:
+    first = make_obj(ROOT_REQ, phases.SUCCEEDED, annotations={TERMINAL_RECORDED: "true"})
+    again = make_obj(ROOT_REQ, phases.QUEUED, rv=7)
+    again["metadata"]["uid"] = "another-uid"
+    async with setup() as (double, _, notifier):
+        notifier.observe(event(first))
+        notifier.observe(event(first, "DELETED"))
+        notifier.observe(event(again, "ADDED"))
+        await wait_until(lambda: double.phases_of("a0") == [phases.QUEUED])
+    assert len(double.of("RecordAction", "a0")) == 1
+
+
+def test_metrics_are_exported_at_scrape_time() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from actions.runservice import RunServiceCollector
+
+    notifier = RunServiceNotifier(ConnectRunServiceClient("http://127.0.0.1:9"), FakeStore())
+    registry = CollectorRegistry()
+    holder: list[RunServiceNotifier | None] = [None]
+    registry.register(RunServiceCollector(lambda: holder[0]))
+    assert b"actions_run_service" not in generate_latest(registry)
+    holder[0] = notifier
+    notifier.observe(event(make_obj(ROOT_REQ), "ADDED"))
+    text = generate_latest(registry).decode()
+    assert "actions_run_service_events_observed_total 1.0" in text
+    assert "actions_run_service_buffered 1.0" in text
+    assert "actions_run_service_reachable 1.0" in text
+
+
+# --------------------------------------------------------------------------- the buffer
+
+
+def _item(rv: int, *, final: bool = False, obj: bool = True) -> Pending:
+    return Pending({"rv": rv} if obj else None, rv, False, final)
+
+
+def test_buffer_coalesces_per_action_and_keeps_the_newest_state() -> None:
+    buffer = PendingBuffer(4)
+    assert buffer.offer("a", _item(1)) is Offer.QUEUED
+    assert buffer.offer("b", _item(2)) is Offer.QUEUED
+    assert buffer.offer("a", _item(3)) is Offer.MERGED
+    assert buffer.offer("a", _item(2)) is Offer.MERGED  # older: the newer one stays
+    assert len(buffer) == 2
+    name, item = buffer.take() or ("", _item(0))
+    assert (name, item.rv) == ("a", 3)  # "a" kept its place in line
+
+
+def test_buffer_full_drops_intermediate_and_evicts_for_final_states() -> None:
+    buffer = PendingBuffer(2)
+    buffer.offer("a", _item(1))
+    buffer.offer("b", _item(1, final=True))
+    assert buffer.offer("c", _item(1)) is Offer.DROPPED
+    assert buffer.offer("d", _item(1, final=True)) is Offer.EVICTED  # "a" made room
+    assert buffer.offer("e", _item(1, final=True)) is Offer.OVERFLOW
+    taken = [buffer.take(), buffer.take(), buffer.take()]
+    assert [t[0] for t in taken if t] == ["b", "d"]
+
+
+def test_buffer_holds_newer_states_of_a_busy_action_aside() -> None:
+    buffer = PendingBuffer(1)
+    buffer.offer("a", _item(1))
+    assert buffer.take() is not None
+    assert buffer.take() is None
+    assert buffer.offer("a", _item(2)) is Offer.QUEUED  # aside: not sent concurrently
+    assert buffer.offer("a", Pending(None, promote=aid("a"))) is Offer.MERGED
+    assert buffer.take() is None
+    assert buffer.done("a") is True
+    name, item = buffer.take() or ("", _item(0))
+    assert (name, item.rv, item.promote) == ("a", 2, aid("a"))  # promotion kept the obj
+    assert buffer.done("a") is False
+    buffer.offer("b", _item(1))
+    buffer.discard("b")
+    assert len(buffer) == 0
 
 
 # --------------------------------------------------------------------------- wiring

@@ -1,16 +1,20 @@
 """Reporting actions to Flyte's run service (``flyteidl2.workflow.InternalRunService``).
 
-Wiring (see ``RunServiceNotifier``)::
+Wiring, in the composition root::
 
     notifier = notifier_for(config.run_service_url, store)   # None: not configured
-    fanout.observers.append(notifier.observe)                # every store event
-    nursery.start_soon(notifier.run)                         # next to the fan-out
+    # the fan-out calls notifier.observe(event) for every store event it reads, and
+    # notifier.resync() when it had to reopen the store's change stream
+    await nursery.start(fanout.run)
+    nursery.start_soon(notifier.run)                         # after the fan-out follows
+    registry.register(RunServiceCollector(lambda: notifier))
 """
 
 from __future__ import annotations
 
 from actions.runservice.client import ConnectRunServiceClient, RunServiceClient, check_url
 from actions.runservice.messages import TERMINAL_RECORDED
+from actions.runservice.metrics import RunServiceCollector
 from actions.runservice.notifier import RunServiceMetrics, RunServiceNotifier, RunServiceStore
 
 
@@ -30,6 +34,7 @@ __all__ = [
     "TERMINAL_RECORDED",
     "ConnectRunServiceClient",
     "RunServiceClient",
+    "RunServiceCollector",
     "RunServiceMetrics",
     "RunServiceNotifier",
     "RunServiceStore",

@@ -106,6 +106,10 @@ def action_id_of(obj: KubeObject) -> ActionIdentifier:
         raise BadObject(f"spec.{exc.args[0] if exc.args else '?'} is missing") from None
 
 
+def uid_of(obj: KubeObject) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
 def parent_of(obj: KubeObject) -> str:
     return str((obj.get("spec") or {}).get("parentActionName") or "")
 

@@ -107,6 +107,7 @@ class _Known:
     promoted: bool = False  # a child appeared: report at least RUNNING
     finished: bool = False  # marked: nothing more to say
     rv: int = 0  # newest resourceVersion reported
+    uid: str = ""  # the incarnation this is about (a name can be reused after a delete)
 
 
 class _Memory:
@@ -132,6 +133,10 @@ class _Memory:
 
     def forget(self, name: str) -> None:
         self._items.pop(name, None)
+
+    def fresh(self, name: str) -> _Known:
+        self._items.pop(name, None)
+        return self.get(name)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -168,7 +173,8 @@ class RunServiceNotifier:
     """Feed it with ``observe(event)``; ``run()`` sends (see the module docstring).
 
     ``observe`` is synchronous and O(1): call it from the trio thread, for every store
-    event, before any filtering by subscribers. ``buffer_size`` bounds the actions
+    event, before any filtering by subscribers. ``resync()`` after a gap in the events.
+    The notifier owns ``client`` and closes it when ``run`` ends. ``buffer_size`` bounds the actions
     waiting to be reported; ``senders`` calls run at once; ``call_timeout`` bounds each
     call (also sent as the call's deadline) and ``store_timeout`` each store request;
     retries wait ``backoff_base * 2**n`` seconds, at most ``backoff_max``, scaled by a
@@ -186,7 +192,7 @@ class RunServiceNotifier:
         store_timeout: float = 10.0,
         backoff_base: float = 0.2,
         backoff_max: float = 30.0,
-        memory: int = 200_000,
+        memory: int = 100_000,
         rescan_delay: float = 5.0,
         scan_on_start: bool = True,
         metrics: RunServiceMetrics | None = None,
@@ -211,6 +217,7 @@ class RunServiceNotifier:
         self._rng = rng or random.Random()
         self._wakeup = trio.Event()
         self._rescan = trio.Event()
+        self._scan_everything = False
         self._reachable = True
         self._drop_log = _Throttle()
         self._reject_log = _Throttle()
@@ -224,10 +231,10 @@ class RunServiceNotifier:
             self.metrics.observed += 1
             obj = event.object
             name = event.name
-            if messages.is_marked(obj):
-                self._finished(name)
-                return
             deleted = event.type == "DELETED"
+            if messages.is_marked(obj):
+                self._finished(name, obj, deleted=deleted)
+                return
             final = messages.is_final(obj, deleted=deleted)
             rv = objects.resource_version(obj)
             self._offer(name, Pending(obj, rv, deleted, final))
@@ -235,14 +242,24 @@ class RunServiceNotifier:
             self.metrics.invalid += 1
             log.exception("run service notifier: cannot take event %s", event.type)
 
+    @property
+    def reachable(self) -> bool:
+        """False while calls fail with transient errors (a gauge)."""
+        return self._reachable
+
     def buffered(self) -> int:
         """Reports waiting (a gauge)."""
         return len(self._buffer)
 
-    def _finished(self, name: str) -> None:
+    def _finished(self, name: str, obj: KubeObject, *, deleted: bool) -> None:
+        """The run service has this object's terminal status (it is marked)."""
+        self._buffer.discard(name)
+        if deleted:
+            self._memory.forget(name)  # the name may come back as a new action
+            return
         known = self._memory.get(name)
         known.finished = known.marked = True
-        self._buffer.discard(name)
+        known.uid = messages.uid_of(obj) or known.uid
 
     def _offer(self, name: str, item: Pending) -> None:
         outcome = self._buffer.offer(name, item)
@@ -273,22 +290,35 @@ class RunServiceNotifier:
 
     # -- the senders -----------------------------------------------------------------
 
+    def resync(self) -> None:
+        """Events may have been missed (the store's change stream was reopened without
+        replaying the gap): list the store again and report what is not marked."""
+        self._scan_everything = True
+        self._rescan.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send until cancelled. ``started()`` at once: events observed before are kept."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._senders):
-                nursery.start_soon(self._send_loop)
-            task_status.started()
-            if self._scan_on_start:
-                await self._scan(everything=True)
-            while True:
-                await self._rescan.wait()
-                while True:  # let the buffer drain first
-                    await trio.sleep(self._rescan_delay)
-                    if len(self._buffer) <= self._buffer.capacity // 2:
-                        break
-                self._rescan = trio.Event()
-                await self._scan(everything=False)
+        """Send until cancelled; then close the client. ``started()`` at once: events
+        observed before are kept. Start it once the event source follows changes, so
+        that the start-up listing and the events overlap rather than leave a gap."""
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self._senders):
+                    nursery.start_soon(self._send_loop)
+                task_status.started()
+                if self._scan_on_start:
+                    await self._scan(everything=True)
+                while True:
+                    await self._rescan.wait()
+                    while True:  # let the buffer drain first
+                        await trio.sleep(self._rescan_delay)
+                        if len(self._buffer) <= self._buffer.capacity // 2:
+                            break
+                    self._rescan = trio.Event()
+                    everything, self._scan_everything = self._scan_everything, False
+                    await self._scan(everything=everything)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._call_timeout):
+                await self._client.aclose()
 
     async def _scan(self, *, everything: bool) -> None:
         """Offer every unmarked object (``everything``) or only its terminal ones."""
@@ -296,7 +326,8 @@ class RunServiceNotifier:
         try:
             with trio.fail_after(self._store_timeout):
                 items, _ = await self._store.list({})
-        except (StoreError, trio.TooSlowError) as exc:
+        except (StoreError, OSError, trio.TooSlowError) as exc:
+            self._scan_everything |= everything
             log.warning("run service notifier: cannot list the store (%s); trying again "
                         "in %g s", _why(exc), self._rescan_delay)  # fmt: skip
             self._rescan.set()
@@ -306,7 +337,7 @@ class RunServiceNotifier:
             if not name:
                 continue
             if messages.is_marked(obj):
-                self._finished(name)  # so that no child promotes it again
+                self._finished(name, obj, deleted=False)  # no child promotes it again
                 continue
             final = messages.is_final(obj, deleted=False)
             if everything or final:
@@ -368,6 +399,11 @@ class RunServiceNotifier:
     async def _report(self, name: str, item: Pending) -> None:
         known = self._memory.get(name)
         obj = item.obj
+        if obj is not None:
+            uid = messages.uid_of(obj)
+            if uid and known.uid and uid != known.uid:
+                known = self._memory.fresh(name)  # deleted and created again
+            known.uid = uid or known.uid
         if known.finished:
             return
         if obj is None:
