@@ -123,6 +123,7 @@ class RunServiceDouble:
 
     calls: list[Call] = field(default_factory=list)
     reject: set[str] = field(default_factory=set)
+    already: set[str] = field(default_factory=set)  # RecordAction answers ALREADY_EXISTS
     fail: Code | None = None
     hang: bool = False
     released: trio.Event = field(default_factory=trio.Event)
@@ -139,6 +140,9 @@ class RunServiceDouble:
         if request.action_id.name in self.reject:
             response.status.code = 9
             response.status.message = "refused by the double"
+        elif method == "RecordAction" and request.action_id.name in self.already:
+            response.status.code = Code.ALREADY_EXISTS.grpc
+            response.status.message = "already recorded"
         return response
 
     async def record_action(
@@ -304,7 +308,14 @@ async def test_parent_promoted_to_running_when_its_first_child_appears() -> None
         notifier.observe(event(make_obj(ROOT_REQ, phases.SUCCEEDED, rv=6)))
         await wait_until(lambda: double.phases_of("a0")[-1:] == [phases.SUCCEEDED])
 
-    assert double.phases_of("a0") == [phases.QUEUED, phases.RUNNING, phases.SUCCEEDED]
+    # The promotion carries the phase only; the parent's own (floored) report after it
+    # carries its start time.
+    assert double.phases_of("a0") == [
+        phases.QUEUED, phases.RUNNING, phases.RUNNING, phases.SUCCEEDED,
+    ]  # fmt: skip
+    promotion, own = double.of("UpdateActionStatus", "a0")[1:3]
+    assert not promotion.status.HasField("start_time")
+    assert own.status.start_time.seconds == CREATED_SECONDS
     child = double.of("RecordAction", "c1")[0]
     assert child.parent == "a0"
     assert [r.action_id.name for r in double.of("RecordAction")] == ["a0", "c1", "c2"]
@@ -416,6 +427,17 @@ async def test_in_band_rejection_is_logged_and_not_retried(
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert refusals and "RecordAction" in refusals[0] and name_of(refused) in refusals[0]
     assert "code 9" in refusals[0]
+
+
+async def test_record_already_there_counts_as_recorded() -> None:
+    """After a restart the run service may answer RecordAction with ALREADY_EXISTS: that
+    is what was asked for, not a refusal."""
+    done = make_obj(ROOT_REQ, phases.SUCCEEDED)
+    async with setup(done, double=RunServiceDouble(already={"a0"})) as (_, store, notifier):
+        notifier.observe(event(done, "ADDED"))
+        await wait_until(lambda: store.marked() == [name_of(done)])
+    assert notifier.metrics.rejected == 0
+    assert notifier.metrics.records == 1
 
 
 async def test_permanent_error_code_is_not_retried() -> None:

@@ -240,7 +240,9 @@ def promotion_request(action_id: ActionIdentifier) -> UpdateActionStatusRequest:
     )
 
 
-PROMOTION_KEY: Final = StatusKey(phases.RUNNING, 0, 0, False, "")
+# Unlike any key read from an object (attempts never below 0), so that the parent's own
+# RUNNING report, with its start time and attempts, still goes out after a promotion.
+PROMOTION_KEY: Final = StatusKey(phases.RUNNING, -1, 0, False, "")
 
 
 def cache_status_of(value: Any) -> int:

@@ -34,14 +34,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
-from typing import Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 import trio
 from flyteidl2.common.identifier_pb2 import ActionIdentifier
 from flyteidl2.workflow.internal_run_service_pb2 import UpdateActionStatusRequest
 from google.protobuf.message import Message
 
-from actions import objects
+from actions import objects, phases
 from actions.runservice import messages
 from actions.runservice.buffer import Offer, Pending, PendingBuffer, merge
 from actions.runservice.client import RunServiceClient
@@ -50,8 +50,6 @@ from actions.store.errors import NotFound, StoreError
 from connect_proto import Code, RpcError
 
 log = logging.getLogger(__name__)
-
-R = TypeVar("R", bound=Message)
 
 # Worth another try: the run service or the path to it may recover.
 RETRYABLE: Final = frozenset(
@@ -105,18 +103,20 @@ class _Known:
     accepted: bool = False  # ... and the run service took it
     marked: bool = False
     promoted: bool = False  # a child appeared: report at least RUNNING
-    finished: bool = False  # marked: nothing more to say
     rv: int = 0  # newest resourceVersion reported
     uid: str = ""  # the incarnation this is about (a name can be reused after a delete)
 
 
 class _Memory:
     """``_Known`` per object name, least recently used forgotten first (a forgotten
-    action costs at most a repeated call, which the run service tolerates)."""
+    action costs at most a repeated call, which the run service tolerates); and, apart,
+    the names of finished (marked) actions with their uid, so that the many finished
+    objects a listing returns do not push out what is known of live ones."""
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._items: OrderedDict[str, _Known] = OrderedDict()
+        self._finished: OrderedDict[str, str] = OrderedDict()  # name -> uid
 
     def get(self, name: str) -> _Known:
         known = self._items.get(name)
@@ -137,6 +137,24 @@ class _Memory:
     def fresh(self, name: str) -> _Known:
         self._items.pop(name, None)
         return self.get(name)
+
+    def finish(self, name: str, uid: str) -> None:
+        self._items.pop(name, None)
+        self._finished[name] = uid
+        self._finished.move_to_end(name)
+        if len(self._finished) > self._size:
+            self._finished.popitem(last=False)
+
+    def finished(self, name: str, uid: str = "") -> bool:
+        """Whether ``name`` (this ``uid``, when given) is finished; a different uid is a
+        new action under a reused name, and the old entry is dropped."""
+        done = self._finished.get(name)
+        if done is None:
+            return False
+        if uid and done and uid != done:
+            del self._finished[name]
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._items)
@@ -238,9 +256,12 @@ class RunServiceNotifier:
             final = messages.is_final(obj, deleted=deleted)
             rv = objects.resource_version(obj)
             self._offer(name, Pending(obj, rv, deleted, final))
-        except Exception:
+        except Exception as exc:  # a malformed object must not reach the fan-out
             self.metrics.invalid += 1
-            log.exception("run service notifier: cannot take event %s", event.type)
+            held = self._reject_log.ready()
+            if held is not None:
+                log.warning("run service notifier: ignored a %s event: %s: %s%s",
+                            event.type, type(exc).__name__, exc, _more(held))  # fmt: skip
 
     @property
     def reachable(self) -> bool:
@@ -256,10 +277,8 @@ class RunServiceNotifier:
         self._buffer.discard(name)
         if deleted:
             self._memory.forget(name)  # the name may come back as a new action
-            return
-        known = self._memory.get(name)
-        known.finished = known.marked = True
-        known.uid = messages.uid_of(obj) or known.uid
+        else:
+            self._memory.finish(name, messages.uid_of(obj))
 
     def _offer(self, name: str, item: Pending) -> None:
         outcome = self._buffer.offer(name, item)
@@ -397,15 +416,14 @@ class RunServiceNotifier:
                         why, delay, _more(held))  # fmt: skip
 
     async def _report(self, name: str, item: Pending) -> None:
-        known = self._memory.get(name)
         obj = item.obj
-        if obj is not None:
-            uid = messages.uid_of(obj)
-            if uid and known.uid and uid != known.uid:
-                known = self._memory.fresh(name)  # deleted and created again
-            known.uid = uid or known.uid
-        if known.finished:
+        uid = messages.uid_of(obj) if obj is not None else ""
+        if self._memory.finished(name, uid):
             return
+        known = self._memory.get(name)
+        if uid and known.uid and uid != known.uid:
+            known = self._memory.fresh(name)  # deleted and created again
+        known.uid = uid or known.uid
         if obj is None:
             if item.promote is not None:
                 await self._promote_parent(item.promote, known)
@@ -435,9 +453,12 @@ class RunServiceNotifier:
 
     async def _record(self, name: str, obj: KubeObject, known: _Known) -> None:
         request = messages.record_request(obj)
-        response = await self._call("RecordAction", self._client.record_action, request, name)
+        # Already there (say, recorded before a restart) is what was asked for.
+        accepted = await self._call(
+            "RecordAction", self._client.record_action, request, name, already_ok=True
+        )
         known.recorded = True  # accepted or refused for good: not asked again
-        if response is not None:
+        if accepted:
             self.metrics.records += 1
 
     async def _update_status(
@@ -447,20 +468,22 @@ class RunServiceNotifier:
         key: messages.StatusKey,
         known: _Known,
     ) -> None:
-        response = await self._call(
+        accepted = await self._call(
             "UpdateActionStatus", self._client.update_action_status, request, name
         )
         known.sent = key
-        known.accepted = response is not None
-        if response is not None:
+        known.accepted = accepted
+        if accepted:
             self.metrics.statuses += 1
 
     def _promote(self, child: ActionIdentifier, parent: str) -> None:
         """A child appeared: its parent runs. Reported through the parent's own entry so
         that it is ordered with the parent's other reports."""
         parent_name = messages.parent_object_name(child, parent)
+        if self._memory.finished(parent_name):
+            return
         known = self._memory.get(parent_name)
-        if known.finished or known.promoted:
+        if known.promoted:
             return
         known.promoted = True
         parent_id = ActionIdentifier(run=child.run, name=parent)
@@ -468,7 +491,7 @@ class RunServiceNotifier:
 
     async def _promote_parent(self, parent_id: ActionIdentifier, known: _Known) -> None:
         sent = known.sent
-        if sent is not None and (sent.terminal or sent.phase == messages.PROMOTION_KEY.phase):
+        if sent is not None and (sent.terminal or sent.phase == phases.RUNNING):
             return  # already running or beyond
         name = messages.parent_object_name(parent_id, parent_id.name)
         request = messages.promotion_request(parent_id)
@@ -477,12 +500,14 @@ class RunServiceNotifier:
     async def _call(
         self,
         method: str,
-        call: Callable[..., Awaitable[R]],
+        call: Callable[..., Awaitable[Message]],
         request: Message,
         name: str,
-    ) -> R | None:
-        """The response, or None when the run service refused (logged, not retried).
-        Raises _Transient for failures worth retrying."""
+        *,
+        already_ok: bool = False,
+    ) -> bool:
+        """True if the run service accepted the call; False if it refused (logged, not
+        retried). Raises _Transient for failures worth retrying."""
         try:
             with trio.move_on_after(self._call_timeout) as scope:
                 response = await call(request, deadline=self._call_timeout)
@@ -491,16 +516,18 @@ class RunServiceNotifier:
         except RpcError as exc:
             if exc.code in RETRYABLE:
                 raise _Transient(f"{method} failed: {exc.code.name}: {exc.message}") from None
+            if already_ok and exc.code is Code.ALREADY_EXISTS:
+                return True
             self._rejected(method, name, f"{exc.code.name}: {exc.message}")
-            return None
+            return False
         except Exception as exc:  # transport or decoding trouble outside RpcError
             raise _Transient(f"{method} failed: {_why(exc)}") from None
         status = getattr(response, "status", None)
-        code = getattr(status, "code", 0)
-        if code:
-            self._rejected(method, name, f"code {code}: {getattr(status, 'message', '')}")
-            return None
-        return response
+        code = int(getattr(status, "code", 0))
+        if code == 0 or (already_ok and code == Code.ALREADY_EXISTS.grpc):
+            return True
+        self._rejected(method, name, f"code {code}: {getattr(status, 'message', '')}")
+        return False
 
     def _rejected(self, method: str, name: str, why: str) -> None:
         self.metrics.rejected += 1
@@ -529,6 +556,7 @@ class RunServiceNotifier:
                 continue
             known.marked = True
             self.metrics.marked += 1
+            self._memory.finish(name, known.uid)
             return
 
 
