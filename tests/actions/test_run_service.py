@@ -539,12 +539,10 @@ async def test_hanging_calls_are_bounded_by_the_call_timeout() -> None:
 # --------------------------------------------------------------------------- restarts
 
 
-async def _embedded_with(*objs: KubeObject) -> Any:
-    from actions.store.embedded import EmbeddedStore
-
-    store = await EmbeddedStore.open(None, NAMESPACE)
+async def _fill(store: Any, *objs: KubeObject) -> None:
+    """Create ``objs`` (parents first) with their status, as the service would."""
     uids: dict[str, str] = {}
-    for obj in objs:  # parents first
+    for obj in objs:
         status = obj.pop("status")
         meta = obj["metadata"]
         for key in ("resourceVersion", "creationTimestamp", "uid"):
@@ -555,14 +553,34 @@ async def _embedded_with(*objs: KubeObject) -> Any:
         uids[meta["name"]] = created["metadata"]["uid"]
         created["status"] = status
         await store.update_status(created)
-    return store
 
 
-async def test_terminal_status_re_reported_after_a_restart_until_marked() -> None:
+@asynccontextmanager
+async def store_of(backend: str) -> AsyncIterator[Any]:
+    from actions_harness import open_emulator, open_store
+
+    if backend == "embedded":
+        store = await open_store("embedded", namespace=NAMESPACE)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+        return
+    async with open_emulator() as emulator:
+        store = await open_store("kubernetes", emulator, namespace=NAMESPACE)
+        try:
+            yield store
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+@pytest.mark.parametrize("backend", ["embedded", "kubernetes"])
+async def test_terminal_status_re_reported_after_a_restart_until_marked(backend: str) -> None:
     done = make_obj(ROOT_REQ, phases.FAILED)
     live = make_obj(CHILD_REQ, phases.RUNNING)
-    store = await _embedded_with(done, live)
-    try:
+    async with store_of(backend) as store:
+        await _fill(store, done, live)
         # First life: the run service is down; the process stops before it answers.
         async with running(f"http://127.0.0.1:{free_port()}", store, scan_on_start=True) as n1:
             await wait_until(lambda: n1.metrics.retries >= 2)
@@ -586,8 +604,6 @@ async def test_terminal_status_re_reported_after_a_restart_until_marked() -> Non
             await settle(n3)
         assert double3.of("RecordAction", "a0") == []
         assert double3.of("UpdateActionStatus", "a0") == []
-    finally:
-        await store.aclose()
 
 
 async def test_marked_objects_from_upstream_are_ignored() -> None:
