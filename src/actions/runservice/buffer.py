@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from flyteidl2.common.identifier_pb2 import ActionIdentifier
@@ -44,11 +44,11 @@ def merge(old: Pending, new: Pending) -> Pending:
         base = old
     else:
         base = new
-    return replace(
-        base,
-        final=old.final or new.final,
-        promote=new.promote if new.promote is not None else old.promote,
-    )
+    final = old.final or new.final
+    promote = new.promote if new.promote is not None else old.promote
+    if base.final == final and base.promote is promote:
+        return base  # the common case on the hot path: no new object
+    return Pending(base.obj, base.rv, base.deleted, final, promote)
 
 
 class Offer(enum.Enum):
