@@ -9,11 +9,11 @@
                                                          └──> store: mark the object once
                                                               its terminal status is in
 
-Per action: ``RecordAction`` once (remembered in memory, so again after a restart, as
-upstream does: the run service treats it as idempotent), then ``UpdateActionStatus``
-whenever the reported status (phase, attempts, cache status, signal, abort reason)
-differs from the last one the run service answered. A child's first appearance promotes
-its parent to RUNNING. A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is
+Per action: ``RecordAction`` once (remembered in memory, so sent again after a restart,
+as Flyte's service does too; an ALREADY_EXISTS answer counts as recorded), then
+``UpdateActionStatus`` whenever the reported status (phase, attempts, cache status,
+signal, abort reason) differs from the last one the run service answered. A child's
+first appearance promotes its parent to RUNNING. A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is
 retried with exponential backoff and jitter, always with the newest state of the action;
 an in-band rejection (``status.code != 0``) or a permanent error code is logged and not
 retried.
