@@ -40,6 +40,7 @@ from actions.runservice import (
     ConnectRunServiceClient,
     RunServiceNotifier,
     notifier_for,
+    url_problem,
 )
 from actions.runservice.buffer import Offer, Pending, PendingBuffer
 from actions.runservice.client import SERVICE
@@ -730,6 +731,10 @@ def test_notifier_for_is_off_without_a_url() -> None:
     assert notifier_for("", FakeStore()) is None
     with pytest.raises(ValueError, match="http"):
         notifier_for("localhost:8090", FakeStore())
+    assert url_problem("http://run-service.flyte:8090") is None
+    assert url_problem("https://10.0.0.1") is None
+    assert "Port out of range" in (url_problem("http://host:99999") or "")
+    assert "host" in (url_problem("http:///path") or "")
 
 
 async def test_events_from_the_actions_service_end_to_end() -> None:

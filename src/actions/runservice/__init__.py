@@ -12,7 +12,12 @@ Wiring, in the composition root::
 
 from __future__ import annotations
 
-from actions.runservice.client import ConnectRunServiceClient, RunServiceClient, check_url
+from actions.runservice.client import (
+    ConnectRunServiceClient,
+    RunServiceClient,
+    check_url,
+    url_problem,
+)
 from actions.runservice.messages import TERMINAL_RECORDED
 from actions.runservice.metrics import RunServiceCollector
 from actions.runservice.notifier import RunServiceMetrics, RunServiceNotifier, RunServiceStore
@@ -40,4 +45,5 @@ __all__ = [
     "RunServiceStore",
     "check_url",
     "notifier_for",
+    "url_problem",
 ]

@@ -32,11 +32,24 @@ class RunServiceClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+def url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as the run service's base URL, or None (the shape of a
+    configuration key's check)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"not a URL ({exc}): {url!r}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"expected an http:// or https:// URL with a host, got {url!r}"
+    return None
+
+
 def check_url(url: str) -> str:
     """``url`` if it is an absolute http(s) URL with a host; else ValueError saying why."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+    problem = url_problem(url)
+    if problem is not None:
+        raise ValueError(problem)
     return url
 
 

@@ -13,10 +13,10 @@ Per action: ``RecordAction`` once (remembered in memory, so sent again after a r
 as Flyte's service does too; an ALREADY_EXISTS answer counts as recorded), then
 ``UpdateActionStatus`` whenever the reported status (phase, attempts, cache status,
 signal, abort reason) differs from the last one the run service answered. A child's
-first appearance promotes its parent to RUNNING. A transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is
-retried with exponential backoff and jitter, always with the newest state of the action;
-an in-band rejection (``status.code != 0``) or a permanent error code is logged and not
-retried.
+first appearance promotes its parent to RUNNING. A transient failure (UNAVAILABLE,
+DEADLINE_EXCEEDED, ...) is retried with exponential backoff and jitter, always with the
+newest state of the action; an in-band rejection (``status.code != 0``) or a permanent
+error code is logged and not retried.
 
 Durability: once the run service has acknowledged a terminal status, the object gets the
 annotation ``flyte.org/terminal-status-recorded: "true"`` and is ignored from then on.
