@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from actions.store import _meta
+from actions.store._roots import RootOrder, is_root
 from actions.store._sqlite import Change
 from actions.store.base import EventType, KubeObject
 
@@ -38,11 +39,20 @@ class Entry:
     body: str
     labels: dict[str, str]
     owners: tuple[tuple[str, str], ...]
+    created: str
 
     @classmethod
     def of(cls, obj: KubeObject, body: str, rv: int) -> Entry:
         meta = obj["metadata"]
-        return cls(meta["name"], meta["uid"], rv, body, meta.get("labels") or {}, _owner_refs(obj))
+        return cls(
+            meta["name"],
+            meta["uid"],
+            rv,
+            body,
+            meta.get("labels") or {},
+            _owner_refs(obj),
+            meta.get("creationTimestamp") or "",
+        )
 
     @classmethod
     def decode(cls, body: str, rv: int) -> tuple[Entry, KubeObject]:
@@ -56,13 +66,15 @@ class Entry:
 
 
 class Index:
-    """Objects by name, by label and by owner; ``rv`` is the change they reflect."""
+    """Objects by name, by label and by owner, and the roots in creation order (``roots``);
+    ``rv`` is the change they reflect."""
 
-    __slots__ = ("_by_label", "_dependents", "objects", "rv")
+    __slots__ = ("_by_label", "_dependents", "objects", "roots", "rv")
 
     def __init__(self) -> None:
         self.rv = 0
         self.objects: dict[str, Entry] = {}
+        self.roots = RootOrder()
         self._by_label: dict[tuple[str, str], set[str]] = {}
         # owner name -> {dependent name: the owner uid its reference names}
         self._dependents: dict[str, dict[str, str]] = {}
@@ -72,6 +84,7 @@ class Index:
         self.objects = {}
         self._by_label = {}
         self._dependents = {}
+        self.roots.clear()
         for entry in entries:
             self._add(entry)
         self.rv = rv
@@ -124,6 +137,8 @@ class Index:
                 names.add(name)
         for owner, uid in entry.owners:
             self._dependents.setdefault(owner, {})[name] = uid
+        if is_root(entry.labels):
+            self.roots.add(name, entry.created)
 
     def _drop(self, entry: Entry) -> None:
         name = entry.name
@@ -141,6 +156,8 @@ class Index:
                 deps.pop(name, None)
                 if not deps:
                     del self._dependents[owner]
+        if is_root(entry.labels):
+            self.roots.discard(name)
 
 
 _GONE = object()

@@ -17,6 +17,10 @@ import trio
 KubeObject = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 PropagationPolicy = Literal["Background", "Foreground", "Orphan"]
+# A position in the roots' creation order: (creationTimestamp, name) of the last root seen.
+RootCursor = tuple[str, str]
+# A page of roots and the cursor after it (None: no older root is left).
+RootPage = tuple[list[KubeObject], RootCursor | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,18 @@ class Store(Protocol):
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
         """Objects whose labels include all of ``labels``, and the list's resourceVersion."""
+        ...
+
+    async def list_roots(
+        self, labels: dict[str, str], *, limit: int, before: RootCursor | None = None
+    ) -> RootPage:
+        """A page of root objects (label ``flyte.org/is-root=true``: one per run) whose
+        labels include all of ``labels``, newest first (by creationTimestamp, then name,
+        both descending): at most ``limit`` of them, all older than ``before``. Returns
+        the page and the cursor to pass as ``before`` for the next one (None when no
+        older root is left). Answered from memory (the embedded store's index, the
+        Kubernetes informer's cache): it costs the page and the roots ``labels`` skips,
+        never the whole store."""
         ...
 
     async def update_status(self, obj: KubeObject) -> KubeObject:

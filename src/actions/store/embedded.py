@@ -53,8 +53,16 @@ from actions.kube_names import is_dns_label
 from actions.store import _embedded_ops as ops
 from actions.store import _meta, _sqlite
 from actions.store._index import Entry, Index, Tx, entries_of
+from actions.store._roots import take_page
 from actions.store._sqlite import Connection, Synchronous
-from actions.store.base import EventType, KubeObject, PropagationPolicy, WatchEvent
+from actions.store.base import (
+    EventType,
+    KubeObject,
+    PropagationPolicy,
+    RootCursor,
+    RootPage,
+    WatchEvent,
+)
 from actions.store.errors import Gone, Invalid, NotFound, StoreUnavailable
 
 _BATCH = 256  # changes read from the log, or handed to a follower, at a time
@@ -353,6 +361,21 @@ class EmbeddedStore:
         await self._fresh()
         index = self._index
         return [entry.object() for entry in index.select(labels)], str(index.rv)
+
+    async def list_roots(
+        self, labels: dict[str, str], *, limit: int, before: RootCursor | None = None
+    ) -> RootPage:
+        _meta.validate_labels(labels)
+        self._check_open()
+        await self._fresh()
+        objects = self._index.objects
+
+        def matches(name: str) -> bool:
+            entry_labels = objects[name].labels
+            return all(entry_labels.get(k) == v for k, v in labels.items())
+
+        names, cursor = take_page(self._index.roots, before, max(limit, 1), matches)
+        return [objects[name].object() for name in names], cursor
 
     async def current_resource_version(self) -> str:
         """The store's resourceVersion now (what a list would return)."""

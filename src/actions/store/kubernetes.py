@@ -33,7 +33,13 @@ from actions.store._kube_client import (
     ensure_namespace,
     load_configuration,
 )
-from actions.store.base import KubeObject, PropagationPolicy, WatchEvent
+from actions.store.base import (
+    KubeObject,
+    PropagationPolicy,
+    RootCursor,
+    RootPage,
+    WatchEvent,
+)
 from actions.store.errors import (
     Conflict,
     Invalid,
@@ -284,6 +290,17 @@ class KubernetesStore:
                 list_rv: str = page["metadata"]["resourceVersion"]
                 self._informer.note(items, as_of=int(list_rv))
                 return items, list_rv
+
+    async def list_roots(
+        self, labels: dict[str, str], *, limit: int, before: RootCursor | None = None
+    ) -> RootPage:
+        """From the informer's cache (as fresh as its watch), not the API server: a page
+        of runs must not cost a list of every TaskAction."""
+        _meta.validate_labels(labels)
+        if not self._informer.synced:
+            raise StoreUnavailable("the watch cache has not synced yet")
+        await trio.lowlevel.checkpoint()
+        return self._informer.roots_page(labels, max(limit, 1), before)
 
     async def update_status(self, obj: KubeObject) -> KubeObject:
         meta = obj.get("metadata") or {}
