@@ -35,6 +35,9 @@ from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry
 
 from actions.config import Config
+from actions.console.service import SERVICE_DESCRIPTOR as CONSOLE_SERVICE  # console
+from actions.console.service import ConsoleService  # console
+from actions.console.static import static_routes  # console
 from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
 from actions.service import SERVICE_DESCRIPTOR, ActionsService
@@ -138,6 +141,7 @@ class ActionsApplication:
         self.store: Store | None = None
         self.fanout: FanOut | None = None
         self.service = ActionsService(namespace=config.namespace)
+        self.console = ConsoleService(lambda: self.store)  # console: the read API
         self.registry = CollectorRegistry()
         self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
         self.health = HealthStatus(overall=NOT_SERVING)
@@ -174,6 +178,7 @@ class ActionsApplication:
         services: list[tuple[ServiceDescriptor, object]] = [
             (SERVICE_DESCRIPTOR, self.service),
             (HEALTH_SERVICE, HealthService(self.health)),
+            (CONSOLE_SERVICE, self.console),  # console
         ]
         services += reflection_services([descriptor for descriptor, _ in services])
         return ConnectApp(
@@ -184,6 +189,7 @@ class ActionsApplication:
                 "/healthz": healthz_app,
                 "/readyz": self.readiness.app,
                 "/metrics": metrics_app(self.registry),
+                **static_routes(),  # console: the web console at / (static files)
             },
             interceptors=interceptors,
             observers=observers,
