@@ -23,6 +23,7 @@ import trio
 from actions import app as app_module
 from actions import config as config_module
 from actions.client_cli import CLIENT_COMMANDS, add_client_commands, run_client_command
+from actions.console_cli import CONSOLE_COMMANDS, add_console_commands, run_console_command
 from connect_proto import TokenFileError, configure_logging, load_token_file
 
 log = logging.getLogger("actions.cli")
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the effective configuration (YAML) and exit")
     _add_config_flags(show)
     add_client_commands(sub)
+    add_console_commands(sub)  # runs, get: the read API (actions.console_cli)
     return parser
 
 
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in CLIENT_COMMANDS:
         return run_client_command(args)
+    if args.command in CONSOLE_COMMANDS:
+        return run_console_command(args)
     try:
         config = _config(args).check_files()
         if config.auth_token_file is not None:
