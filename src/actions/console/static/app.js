@@ -14,6 +14,7 @@ const state = {
   actions: new Map(), // name -> ActionView (JSON)
   streams: new Map(), // parent action name -> AbortController
   refresh: null,      // pending GetRun after a live update
+  drafts: new Map(),  // condition name -> the value typed so far
   nextPage: "",
 };
 
@@ -205,6 +206,7 @@ async function showRun(run) {
   stopStreams();
   state.run = run;
   state.actions = new Map();
+  state.drafts = new Map();
   markSelected();
   $("#run-empty").hidden = !!run;
   $("#run").hidden = !run;
@@ -228,7 +230,9 @@ async function loadRun() {
   for (const [name, old] of state.actions) {
     if (!fresh.has(name)) {
       // Deleted (aborted, or its parent was): shown as such rather than vanishing.
-      fresh.set(name, { ...old, gone: true, phase: TERMINAL.has(old.phase) ? old.phase : "ABORTED" });
+      const ended = old.endedAt || new Date().toISOString(); // about when it went
+      fresh.set(name, { ...old, gone: true, endedAt: ended,
+        phase: TERMINAL.has(old.phase) ? old.phase : "ABORTED" });
     }
   }
   state.actions = fresh;
@@ -312,6 +316,10 @@ function render() {
   const tree = $("#tree");
   tree.replaceChildren(...[...state.actions.values()].map(actionNode));
   renderTimeline();
+  // The runs table shows the root's phase as listed; keep the shown run's row current.
+  const root = [...state.actions.values()].find((a) => !a.parent);
+  const row = document.querySelector("#runs tbody tr.selected .phase");
+  if (root && row && row.textContent !== root.phase) row.replaceWith(phaseBadge(root.phase));
 }
 
 function actionNode(a) {
@@ -367,6 +375,10 @@ function conditionNode(a) {
     input = el("input", { name: "value", type: type === "string" ? "text" : "number",
       step: type === "float" ? "any" : "1", required: true, placeholder: type });
   }
+  // A re-render (a live update) must not lose what is being typed.
+  if (state.drafts.has(a.name)) input.value = state.drafts.get(a.name);
+  input.addEventListener("input", () => state.drafts.set(a.name, input.value));
+  input.addEventListener("change", () => state.drafts.set(a.name, input.value));
   const form = el("form", { class: "signal", "data-action": a.name }, input,
     el("button", { type: "submit" }, "Resolve (" + type + ")"));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); doSignal(a, type, input.value); });
@@ -405,8 +417,10 @@ function renderTimeline() {
     add("text", { x: 2, y: y + 11 }, a.name.slice(0, 22));
     if (isNaN(t.created)) return;
     const runFrom = isNaN(t.started) ? t.ended : t.started;
+    // Ended without running (aborted while queued, a resolved condition): its colour.
+    const waited = isNaN(t.started) && TERMINAL.has(a.phase) ? "bar-waited bar-" + a.phase : "bar-queued";
     add("rect", { x: x(t.created), y, width: Math.max(1, x(runFrom) - x(t.created)), height: 12,
-      class: "bar-queued", "data-action": a.name }).append(titleOf(a.name + " queued"));
+      class: waited, "data-action": a.name }).append(titleOf(a.name + " queued"));
     if (!isNaN(t.started)) {
       add("rect", { x: x(t.started), y, width: Math.max(1, x(t.ended) - x(t.started)),
         height: 12, class: "bar-run bar-" + a.phase }).append(titleOf(a.name + " " + a.phase));
