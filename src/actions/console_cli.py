@@ -42,6 +42,7 @@ CONSOLE_COMMANDS: Final = frozenset({"runs", "get"})
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 MAX_PAGES: Final = 10_000  # --all stops here whatever the server says
+FILL_CALLS: Final = 20  # calls to fill one page of filtered runs before saying "more"
 
 
 # --------------------------------------------------------------------------- values
@@ -139,14 +140,19 @@ def run_rows(runs: list[cpb.RunSummary]) -> list[list[str]]:
 
 async def cmd_runs(args: argparse.Namespace, client: ConnectClient, out: TextIO) -> int:
     request = build_list_runs(args)
+    wanted = args.limit or 50
     collected = cpb.ListRunsResponse()
-    for _ in range(MAX_PAGES):
+    for calls in range(1, MAX_PAGES + 1):
         page = await client.unary(
             CONSOLE + "ListRuns", request, cpb.ListRunsResponse, timeout_ms=_timeout_ms(args)
         )
         collected.runs.extend(page.runs)
         collected.next_page_token = page.next_page_token
-        if not args.all or not page.next_page_token:
+        if not page.next_page_token:
+            break
+        # A filtered page may come back short (the server bounds each call's work): go on
+        # until the page is full, or for everything with --all.
+        if not args.all and (len(collected.runs) >= wanted or calls >= FILL_CALLS):
             break
         request.page_token = page.next_page_token
     if args.json:

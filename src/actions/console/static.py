@@ -22,6 +22,7 @@ FILES: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/console/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/console/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.ico": ("favicon.svg", "image/svg+xml"),
 }
 _SECURITY_HEADERS: Final = [
     # Everything is same-origin; nothing inline, nothing from elsewhere.

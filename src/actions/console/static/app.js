@@ -7,6 +7,7 @@ const ACTIONS = "/flyteidl2.actions.ActionsService/";
 const CONSOLE = "/flyte_actions.console.v1.ConsoleService/";
 const TOKEN_KEY = "actions-console-token";
 const MAX_STREAMS = 4; // browsers allow 6 HTTP/1.1 connections per origin; keep 2 for calls
+const FILL_CALLS = 20; // ListRuns calls to fill one page of filtered runs
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "RECOVERED"]);
 
 const state = {
@@ -132,10 +133,14 @@ function phaseBadge(phase) {
   return el("span", { class: "phase phase-" + phase, "data-phase": phase }, phase);
 }
 
+// Local time: the time of day for today, else the date too (ISO-like, unambiguous).
 function fmtTime(ts) {
   if (!ts) return "";
   const d = new Date(ts);
-  return d.toLocaleString(undefined, { hour12: false });
+  const pad = (n) => String(n).padStart(2, "0");
+  const time = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+  if (d.toDateString() === new Date().toDateString()) return time;
+  return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + time;
 }
 
 function fmtDuration(ms) {
@@ -161,10 +166,18 @@ async function loadRuns(append) {
   if (domain) request.domain = domain;
   if (phase) request.phases = [phase];
   if (append && state.nextPage) request.pageToken = state.nextPage;
-  const body = await unary(CONSOLE + "ListRuns", request);
+  // A filtered page may come back short (each call's work is bounded): fill it up.
+  let runs = [];
+  let body = {};
+  for (let calls = 0; calls < FILL_CALLS; calls++) {
+    body = await unary(CONSOLE + "ListRuns", request);
+    runs = runs.concat(body.runs || []);
+    if (!body.nextPageToken || runs.length >= request.pageSize) break;
+    request.pageToken = body.nextPageToken;
+  }
   const tbody = $("#runs tbody");
   if (!append) tbody.replaceChildren();
-  for (const run of body.runs || []) {
+  for (const run of runs) {
     const started = run.startedAt || run.createdAt;
     const ended = run.endedAt ? Date.parse(run.endedAt) : Date.now();
     const row = el("tr", { "data-run": runKey(run.run) },
