@@ -430,8 +430,9 @@ function renderTimeline() {
     add("text", { x: 2, y: y + 11 }, a.name.slice(0, 22));
     if (isNaN(t.created)) return;
     const runFrom = isNaN(t.started) ? t.ended : t.started;
-    // Ended without running (aborted while queued, a resolved condition): its colour.
-    const waited = isNaN(t.started) && TERMINAL.has(a.phase) ? "bar-waited bar-" + a.phase : "bar-queued";
+    // Waiting for a person (a paused condition), or ended without running: its colour.
+    const waited = isNaN(t.started) && (TERMINAL.has(a.phase) || a.phase === "PAUSED")
+      ? "bar-waited bar-" + a.phase : "bar-queued";
     add("rect", { x: x(t.created), y, width: Math.max(1, x(runFrom) - x(t.created)), height: 12,
       class: waited, "data-action": a.name }).append(titleOf(a.name + " queued"));
     if (!isNaN(t.started)) {
