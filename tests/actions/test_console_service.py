@@ -321,3 +321,25 @@ async def test_served_on_the_app_port_under_the_token_rules(tmp_path: Path) -> N
             assert "WatchForUpdates" in script.text
             assert (await http.get("/console/style.css")).status_code == 200
             assert (await http.post("/")).status_code == 405
+
+
+async def test_on_the_kubernetes_store() -> None:
+    async with open_env("direct", backend="kubernetes") as env:
+        await make_runs(env, ["k1", "k2", "k3"])
+        await env.client.enqueue(task_req(aid("b1", "k2"), parent="a0"))
+        svc = console(env)
+
+        async def listed() -> list[str]:
+            return await all_runs(svc, cpb.ListRunsRequest(page_size=2))
+
+        # The informer's cache follows the API server a little later.
+        with trio.fail_after(10):
+            while True:
+                if sorted(await listed()) == ["k1", "k2", "k3"]:
+                    break
+                await trio.sleep(0.05)
+        response = await svc.get_run(
+            cpb.GetRunRequest(run=cpb.RunId(org=ORG, project=PROJECT, domain=DOMAIN, name="k2")),
+            ctx(),
+        )
+        assert [(a.name, a.parent) for a in response.actions] == [("a0", ""), ("b1", "a0")]
