@@ -7,7 +7,6 @@ Pure functions of one object: times come from ``metadata.creationTimestamp``,
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -199,10 +198,3 @@ def tree_order(views: list[cpb.ActionView]) -> list[cpb.ActionView]:
         stack.extend(reversed(children.get(v.name, [])))
     return out
 
-
-def aborted_by_text(raw: str) -> str:
-    """The stored aborted-by identity (JSON) in one line, or the raw text."""
-    try:
-        return json.dumps(json.loads(raw), separators=(",", ":"))
-    except ValueError:
-        return raw
