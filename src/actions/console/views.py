@@ -197,4 +197,3 @@ def tree_order(views: list[cpb.ActionView]) -> list[cpb.ActionView]:
         out.append(v)
         stack.extend(reversed(children.get(v.name, [])))
     return out
-
