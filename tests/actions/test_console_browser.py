@@ -41,6 +41,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException,
     StaleElementReferenceException,
+    TimeoutException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -137,7 +138,12 @@ def get_run(server: ServerThread, run: str) -> dict[str, Any]:
 
 
 def wait_for(driver: Any, check: Callable[[Any], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(check, what)
+    try:
+        return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(check, what)
+    except TimeoutException:
+        # What the page showed instead, for the CI artifacts.
+        shot(driver, "timeout-" + "".join(c if c.isalnum() else "-" for c in what)[:60])
+        raise
 
 
 def shot(driver: Any, name: str) -> None:
@@ -165,6 +171,23 @@ def phase_in_tree(driver: Any, action: str) -> str | None:
         f'#tree .action[data-action="{action}"] .head .phase',
     )
     return phase
+
+
+def type_into(driver: Any, css: str, text: str) -> None:
+    """Type ``text`` into the empty field ``css``, again if a re-render replaced the field
+    before the keys arrived (the page keeps what was typed across re-renders)."""
+
+    def attempt(d: Any) -> bool:
+        try:
+            field = d.find_element(By.CSS_SELECTOR, css)
+            if field.get_attribute("value") != text:
+                field.clear()
+                field.send_keys(text)
+            return bool(field.get_attribute("value") == text)
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+
+    wait_for(driver, attempt, f"typing into {css}")
 
 
 def click(driver: Any, css: str) -> None:
@@ -236,9 +259,9 @@ def test_signal_from_the_page_resolves_a_condition(server: ServerThread, browser
     wait_for(browser, lambda d: not d.execute_script("return !!state.refresh"), "settled")
     condition = browser.find_element(By.CSS_SELECTOR, '.action[data-action="replicas"]')
     assert "How many replicas?" in condition.text
-    field = browser.find_element(By.CSS_SELECTOR, f"{form} input[name=value]")
-    assert field.get_attribute("type") == "number"
-    field.send_keys("3")
+    field = f"{form} input[name=value]"
+    assert browser.find_element(By.CSS_SELECTOR, field).get_attribute("type") == "number"
+    type_into(browser, field, "3")
     shot(browser, "signal-form")
     click(browser, f"{form} button")
     wait_for(browser, lambda d: phase_in_tree(d, "replicas") == "SUCCEEDED", "resolved")
@@ -266,6 +289,7 @@ def test_wrong_token_shows_the_error(server: ServerThread, browser: Any) -> None
     )
     assert error.is_displayed()
     assert "unauthenticated" in error.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr") == []
     assert browser.execute_script("return sessionStorage.getItem('actions-console-token')") == (
         "not-the-token"
     )

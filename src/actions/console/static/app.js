@@ -508,6 +508,9 @@ function start() {
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     else sessionStorage.removeItem(TOKEN_KEY);
     showError("");
+    // Nothing read with the previous token stays on the page.
+    $("#runs tbody").replaceChildren();
+    $("#more").hidden = true;
     guard(loadRuns(false));
     guard(showRun(runFromHash()));
   });
