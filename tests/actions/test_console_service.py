@@ -343,3 +343,27 @@ async def test_on_the_kubernetes_store() -> None:
             ctx(),
         )
         assert [(a.name, a.parent) for a in response.actions] == [("a0", ""), ("b1", "a0")]
+
+
+async def test_hand_made_objects_do_not_break_the_view(env: Env) -> None:
+    """Objects written by something else (kubectl, an old version) are shown as far as
+    they can be, never an INTERNAL error."""
+    await env.client.enqueue(task_req(aid("a0")))
+    root = await env.store.get("o.p.development.r1.a0")
+    labels = dict(root["metadata"]["labels"], **{"flyte.org/is-root": "false"})
+    spec = dict(root["spec"], actionName="odd", parentActionName="a0", actionType="condition",
+                conditionSpec="not base64!", taskTemplate="")  # fmt: skip
+    await env.store.create_with_status(
+        {"apiVersion": "flyte.org/v1", "kind": "TaskAction",
+         "metadata": {"name": "o.p.development.r1.odd", "labels": labels}, "spec": spec},
+        {"attempts": 2**40, "phaseHistory": [{"phase": "RUNNING", "occurredAt": "yesterday"}],
+         "signal": {"value": "%%%"}, "errorState": "boom"},
+    )  # fmt: skip
+    response = await console(env).get_run(
+        cpb.GetRunRequest(run=cpb.RunId(org=ORG, project=PROJECT, domain=DOMAIN, name="r1")), ctx()
+    )
+    odd = next(a for a in response.actions if a.name == "odd")
+    assert odd.attempts == 2**32 - 1
+    assert odd.type == "condition"
+    assert not odd.HasField("error")
+    assert [h.phase for h in odd.phase_history] == ["RUNNING"]

@@ -7,12 +7,14 @@ Pure functions of one object: times come from ``metadata.creationTimestamp``,
 
 from __future__ import annotations
 
+import binascii
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ConditionAction
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import naming, objects, phases
@@ -28,6 +30,7 @@ VALUE_TYPES: Final = {
 # Phases reached once the action is doing its work, and those after which it is done.
 _STARTED: Final = frozenset({"INITIALIZING", "RUNNING"})
 _ENDED: Final = frozenset(phases.name(p) for p in phases.TERMINAL)
+_UINT32_MAX: Final = 2**32 - 1
 
 
 def parse_time(text: str | None) -> Timestamp | None:
@@ -83,6 +86,15 @@ def _ended_text(status: dict[str, Any], phase: str) -> str:
     return next((at for p, at in reversed(_history(status)) if p in _ENDED), "")
 
 
+def _count(value: object) -> int:
+    """A non-negative count as stored; 0 for anything else (a hand-made object)."""
+    try:
+        count = int(value) if isinstance(value, int | float | str) else 0
+    except (ValueError, OverflowError):
+        return 0
+    return min(max(count, 0), _UINT32_MAX)
+
+
 def _error(status: dict[str, Any]) -> cpb.ActionError | None:
     err = status.get("errorState")
     if not isinstance(err, dict):
@@ -112,14 +124,17 @@ def _condition(spec: dict[str, Any], status: dict[str, Any]) -> cpb.ConditionInf
     cond = ConditionAction()
     try:
         cond.ParseFromString(objects.unb64(raw))
-    except Exception:  # a hand-made object: show what can be shown
+    except (DecodeError, binascii.Error, ValueError):  # a hand-made object: show the rest
         return cpb.ConditionInfo()
     info = cpb.ConditionInfo(name=cond.name, prompt=cond.prompt, description=cond.description)
     if cond.type.WhichOneof("type") == "simple":
         info.value_type = VALUE_TYPES.get(cond.type.simple, "")
     signal = status.get("signal") or {}
     if signal.get("value"):
-        info.value = literal_text(objects.literal_of(signal["value"]))
+        try:
+            info.value = literal_text(objects.literal_of(signal["value"]))
+        except (DecodeError, binascii.Error, ValueError):
+            info.value = "(unreadable)"
     return info
 
 
@@ -133,7 +148,7 @@ def action_view(obj: KubeObject) -> cpb.ActionView:
         parent=str(spec.get("parentActionName", "")),
         type=str(spec.get("actionType", objects.TYPE_TASK)),
         phase=phase,
-        attempts=max(int(status.get("attempts") or 0), 0),
+        attempts=_count(status.get("attempts")),
         task=str(spec.get("shortName") or spec.get("taskType") or ""),
         group=str(spec.get("group", "")),
         deleting=bool(meta.get("deletionTimestamp")),
