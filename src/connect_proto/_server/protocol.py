@@ -13,6 +13,9 @@ HTTP/2 (``RpcH2Protocol``)
     curl waits for it). Other responses are not reset: clients that send the whole body
     before reading (httpx) would fail with a protocol error instead of seeing the
     answer; the cost is that a refused client finishes its upload.
+  - The rest of a batch of events is dropped once the connection has closed (a send
+    found the socket gone while the batch was being handled): hypercorn went on,
+    started handlers for a dead connection, and hit issue 1's ``KeyError``.
   - Streams are scheduled round-robin (``FairScheduler``, issue 3), on an
     ``RpcH2Connection`` (issues 2, 4, 6), and written through a ``WriteCoalescer``
     unless ``coalesce_writes`` is off.
@@ -197,8 +200,8 @@ class RpcH2Protocol(H2Protocol):
             e.stream_id for e in events if isinstance(e, h2.events.StreamReset) and e.remote_reset
         }
         for event in events:
-            if self._calming:
-                return
+            if self.closed or self._calming:
+                return  # the connection closed under this batch (a send found it gone)
             if isinstance(event, h2.events.RequestReceived):
                 await self._request_received(event, reset_here)
             elif isinstance(event, h2.events.DataReceived):
