@@ -300,6 +300,10 @@ class RpcH11Protocol(H11Protocol):
             return True
         return connection.their_state is not h11.IDLE or bool(connection.trailing_data[0])
 
+    def _next_request_arrived(self) -> bool:
+        connection = self.connection
+        return isinstance(connection, h11.Connection) and bool(connection.trailing_data[0])
+
     async def goodbye(self) -> None:
         pass  # HTTP/1.1 has no goodbye: closing an idle connection is the signal
 
@@ -318,6 +322,7 @@ class RpcH11Protocol(H11Protocol):
             isinstance(event, Response)
             and event.status_code >= 200
             and self.context.terminated.is_set()
+            and not self._next_request_arrived()
         ):
             # The last answer on this connection: say so, so the client does not send more.
             event = Response(
@@ -368,7 +373,7 @@ class RpcH11Protocol(H11Protocol):
             and isinstance(connection, h11.Connection)
             and connection.our_state is h11.DONE
             and connection.their_state is h11.DONE
-            and connection.trailing_data[0]
+            and self._next_request_arrived()
         ):
             # Shutting down, and the next request has arrived already: it was read, so
             # it is answered (the app refuses it) rather than dropped with the socket.
