@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 # (distribution, lowest verified, first unverified); keep in step with pyproject.toml.
 SUPPORTED: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = (
     ("hypercorn", (0, 18), (0, 19)),
-    ("h2", (4, 1), (4, 5)),
+    ("h2", (4, 3), (4, 5)),
 )
 
 # Methods the subclasses override or call, by class; a missing one means a changed shape.
