@@ -39,17 +39,23 @@ def make_app() -> ConnectApp:
     return ConnectApp([(TEST_SERVICE, TestServiceImpl())])
 
 
-async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """An ASGI app that reads the whole request body, then answers 200 "ok"."""
-    if scope["type"] == "lifespan":
-        while (await receive())["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
-        return
-    while (await receive()).get("more_body", False):
-        pass
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"ok"})
+def plain_app(delay: float = 0.0) -> Any:
+    """An ASGI app that reads the whole request body, waits ``delay`` seconds (not
+    watching for a disconnect), then answers 200 "ok"."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body", False):
+            pass
+        await trio.sleep(delay)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
 
 
 class Server:
@@ -94,7 +100,8 @@ class Server:
         if self.kind == OURS:
             self._scope.cancel()
         else:  # as our serve does it, with hypercorn's own shutdown
-            self.app.begin_shutdown()
+            if hasattr(self.app, "begin_shutdown"):
+                self.app.begin_shutdown()
             self._shutdown.set()
 
     def stop_now(self) -> None:

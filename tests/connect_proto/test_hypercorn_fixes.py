@@ -22,11 +22,11 @@ from h2_peer import (
     OURS,
     Peer,
     Server,
-    bare_app,
     connect_headers,
     grpc_headers,
     make_app,
     of_type,
+    plain_app,
     stock_and_ours,
     unary_ok,
 )
@@ -342,7 +342,7 @@ async def test_load_generator_disconnect(
     h2load = shutil.which("h2load")
     require_tool("h2load", h2load is not None, "apt-get install nghttp2-client")
     assert h2load is not None
-    server = await Server(server_kind, bare_app, make_config("127.0.0.1", 0)).start(nursery)
+    server = await Server(server_kind, plain_app(), make_config("127.0.0.1", 0)).start(nursery)
     body = tmp_path / "echo.bin"
     body.write_bytes(test_pb2.EchoRequest(message="hello").SerializeToString())
     url = f"http://127.0.0.1:{server.port}/testsvc.v1.TestService/Echo"
@@ -354,6 +354,32 @@ async def test_load_generator_disconnect(
     await trio.sleep(0.2)
     server.check()
     nursery.cancel_scope.cancel()
+
+
+@stock_and_ours(
+    "hypercorn issue 8: after the connection closes, a handler that sends trailers (or "
+    "ends its body) waits forever for the send task, which has ended, to drain its buffer"
+)
+async def test_call_in_flight_when_the_client_goes_away_ends(server_kind: str) -> None:
+    """A handler answers after its client disconnected; the server then stops at once
+    instead of waiting out the grace period for that handler."""
+    async with trio.open_nursery() as nursery:
+        config = make_config("127.0.0.1", 0, graceful_timeout=6)
+        server = await Server(server_kind, plain_app(delay=0.3), config).start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.send_headers(1, connect_headers("/slow"))
+        peer.h2.send_data(1, b"request", end_stream=True)
+        await peer.flush()
+        await trio.sleep(0.1)
+        await peer.aclose()  # the client goes away with the call in flight
+        await trio.sleep(0.5)  # the handler has answered into the closed connection
+        server.begin_shutdown()
+        began = trio.current_time()
+        with trio.fail_after(10):
+            await server.done.wait()
+        stopped_after = trio.current_time() - began
+    assert server.error is None
+    assert stopped_after < 3, stopped_after  # not the 6 s grace period
 
 
 async def _grpc_unary_calls_and_server_writes(

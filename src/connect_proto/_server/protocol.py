@@ -24,6 +24,9 @@ HTTP/2 (``RpcH2Protocol``)
     read is never started (issue 6 crashed here).
   - ``FloodMeter`` limits streams reset before a response, PINGs, SETTINGS and empty
     DATA frames; past a limit the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+  - When the connection closes, every stream's send buffer is closed too: a handler
+    still answering (a gRPC call whose client went away) waited forever for the send
+    task, which had ended, to drain it, holding shutdown for the grace period (issue 8).
   - An idle connection closed by the server (keep-alive timeout, shutdown) first
     sends GOAWAY (``goodbye``), instead of just closing the socket.
 
@@ -75,6 +78,9 @@ from connect_proto._server.scheduler import FairScheduler
 log = logging.getLogger("connect_proto._server")
 
 Send = Callable[[Event], Awaitable[None]]
+
+# Bytes handed to h2 at a time (see RpcH2Protocol._receive); a 16 KiB DATA frame is one.
+RECEIVE_SLICE = 4 * 1024
 
 
 @dataclass(frozen=True)
@@ -141,13 +147,35 @@ class RpcH2Protocol(H2Protocol):
         await super().initiate(headers, settings)
 
     async def handle(self, event: Event) -> None:
-        if isinstance(event, RawData) and self._calming:
+        if isinstance(event, RawData):
+            await self._receive(event.data)
             return
         try:
             await super().handle(event)
         finally:
-            if isinstance(event, Closed) and self.write_coalescer is not None:
-                self.write_coalescer.stop()
+            if isinstance(event, Closed):
+                await self._release_senders()
+
+    async def _release_senders(self) -> None:
+        """The connection is gone: nothing will drain the stream buffers any more, so a
+        handler still answering must not wait on them (hypercorn issue 8)."""
+        if self.write_coalescer is not None:
+            self.write_coalescer.stop()
+        for buffer in list(self.stream_buffers.values()):
+            await buffer.close()
+
+    async def _receive(self, data: bytes) -> None:
+        # h2 parses everything it is given before returning events: a 64 KiB read of
+        # HEADERS+RST_STREAM pairs is about 1,500 streams, tens of milliseconds during
+        # which no other connection is served. Fed in slices, with a turn for the other
+        # tasks in between, a flood is noticed (and the rest of the read never parsed)
+        # after about one slice.
+        for start in range(0, len(data), RECEIVE_SLICE):
+            if self.closed or self._calming:
+                return
+            if start:
+                await trio.lowlevel.checkpoint()
+            await super().handle(RawData(data=data[start : start + RECEIVE_SLICE]))
 
     async def goodbye(self) -> None:
         """GOAWAY (NO_ERROR) on the socket, before the server closes an idle connection."""
