@@ -309,3 +309,24 @@ async def test_idle_http1_keep_alive_connection_closes_at_once_on_shutdown() -> 
         await stream.aclose()
     assert server.error is None
     assert stopped_after < 1, stopped_after
+
+
+async def test_idle_http2_connection_gets_goaway_and_closes_on_shutdown() -> None:
+    async with trio.open_nursery() as nursery:
+        server = Server(OURS, make_app(), make_config("127.0.0.1", 0, graceful_timeout=6))
+        await server.start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.send_headers(1, grpc_headers(ECHO))
+        peer.h2.send_data(1, encode_envelope(b""), end_stream=True)
+        await peer.flush()
+        await peer.until(lambda seen: of_type(seen, h2.events.StreamEnded))
+        server.begin_shutdown()
+        with trio.fail_after(3):
+            events = await peer.until(lambda seen: False)  # until the server closes it
+            await server.done.wait()
+        await peer.aclose()
+    goaways = of_type(events, h2.events.ConnectionTerminated)
+    assert [(g.error_code, g.last_stream_id) for g in goaways] == [
+        (h2.errors.ErrorCodes.NO_ERROR, 1)
+    ]
+    assert server.error is None

@@ -23,7 +23,9 @@ HTTP/2 (``RpcH2Protocol``)
     elsewhere, RFC 9113 8.7) instead of NO_ERROR; a stream opened and reset in the same
     read is never started (issue 6 crashed here).
   - ``FloodMeter`` limits streams reset before a response, PINGs, SETTINGS and empty
-    DATA frames; past a limit the connection ends with GOAWAY ENHANCE_YOUR_CALM.
+    DATA frames; past a limit the connection ends with GOAWAY ENHANCE_YOUR_CALM (issue 9).
+    Input is handed to h2 in ``RECEIVE_SLICE`` pieces with a scheduler turn between, so
+    a flood is stopped after a few slices and other connections are served meanwhile.
   - When the connection closes, every stream's send buffer is closed too: a handler
     still answering (a gRPC call whose client went away) waited forever for the send
     task, which had ended, to drain it, holding shutdown for the grace period (issue 8).
@@ -179,7 +181,7 @@ class RpcH2Protocol(H2Protocol):
 
     async def goodbye(self) -> None:
         """GOAWAY (NO_ERROR) on the socket, before the server closes an idle connection."""
-        if not self.closed:
+        if not self.closed and not self.connection.closed:
             self.connection.close_connection()
             await self._flush()
             if self.write_coalescer is not None:
