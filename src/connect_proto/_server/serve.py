@@ -155,7 +155,7 @@ async def serve(
     async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         with server_scope:
             await worker_serve(
-                wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                wrap_app(app, config.wsgi_max_body_size, None),
                 config,
                 options=options,
                 shutdown_trigger=shutdown.wait,

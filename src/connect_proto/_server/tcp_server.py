@@ -25,6 +25,9 @@ from hypercorn.utils import parse_socket_addr
 
 from connect_proto._server.protocol import RpcProtocolWrapper, ServerOptions
 
+# How long closing an idle connection waits for its GOAWAY to be written.
+GOODBYE_TIMEOUT = 1.0
+
 
 class RpcTCPServer(TCPServer):
     def __init__(
@@ -96,7 +99,8 @@ class RpcTCPServer(TCPServer):
         protocol = self.protocol.protocol
         if self.context.terminated.is_set() and protocol.busy:
             return  # a request is in progress; it closes the connection after its answer
-        await protocol.goodbye()
+        with trio.move_on_after(GOODBYE_TIMEOUT):  # a peer that does not read gets none
+            await protocol.goodbye()
         await self.protocol.handle(Closed())
         await self._close()
 
