@@ -81,7 +81,8 @@ log = logging.getLogger("connect_proto._server")
 
 Send = Callable[[Event], Awaitable[None]]
 
-# Bytes handed to h2 at a time (see RpcH2Protocol._receive); a 16 KiB DATA frame is one.
+# Bytes handed to h2 at a time (RpcH2Protocol._receive): about 95 HEADERS+RST_STREAM
+# pairs; a larger frame spans slices (h2 buffers a partial frame).
 RECEIVE_SLICE = 4 * 1024
 
 
@@ -171,7 +172,7 @@ class RpcH2Protocol(H2Protocol):
         # HEADERS+RST_STREAM pairs is about 1,500 streams, tens of milliseconds during
         # which no other connection is served. Fed in slices, with a turn for the other
         # tasks in between, a flood is noticed (and the rest of the read never parsed)
-        # after about one slice.
+        # after a few slices.
         for start in range(0, len(data), RECEIVE_SLICE):
             if self.closed or self._calming:
                 return
