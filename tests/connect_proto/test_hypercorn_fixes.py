@@ -20,6 +20,7 @@ import pytest
 import trio
 from h2_peer import (
     OURS,
+    STOCK,
     Peer,
     Server,
     connect_headers,
@@ -346,7 +347,8 @@ async def test_load_generator_disconnect(
     body = tmp_path / "echo.bin"
     body.write_bytes(test_pb2.EchoRequest(message="hello").SerializeToString())
     url = f"http://127.0.0.1:{server.port}/testsvc.v1.TestService/Echo"
-    for _ in range(6):
+    # A race: stock hypercorn usually ends within 2-3 runs; stop at the first crash.
+    for _ in range(20 if server_kind == STOCK else 8):
         argv = [h2load, "-c", "4", "-m", "16", "-D", "1", "-d", str(body), url]
         await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
         if server.done.is_set():
