@@ -4,7 +4,7 @@ client's latency and the server's log look like while one client floods HEADERS+
 
 Not a test (no assertions on timing); a probe that prints figures:
 
-    python tests/connect_proto/rapid_reset_probe.py [--python PATH] [--seconds 5]
+    python tests/connect_proto/rapid_reset_probe.py [--python PATH] [--seconds 5] [--rate N]
 
 ``--python`` picks the interpreter (and so the checkout) that runs the server, to compare
 branches. The attacker uses 4 connections, 100 pairs per write, and reconnects whenever
@@ -50,8 +50,12 @@ def _pair(block: bytes, stream_id: int) -> bytes:
     return headers + block + reset
 
 
-async def attack(port: int, stop: trio.Event, stats: dict[str, int]) -> None:
+async def attack(port: int, stop: trio.Event, stats: dict[str, int], rate: float = 0) -> None:
+    """One attacking connection at a time, reconnecting when closed; ``rate`` pairs a
+    second at most (0: as fast as the socket takes them)."""
     block = hpack.Encoder().encode(HEADERS)
+    started = trio.current_time()
+    sent = 0
     while not stop.is_set():
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -75,10 +79,13 @@ async def attack(port: int, stop: trio.Event, stats: dict[str, int]) -> None:
             try:
                 await stream.send_all(PREFACE)
                 while not stop.is_set() and not closed.is_set() and sid < 2**31 - 200:
+                    if rate:
+                        await trio.sleep_until(started + sent / rate)
                     chunk = b"".join(_pair(block, sid + 2 * i) for i in range(100))
                     sid += 200
                     await stream.send_all(chunk)
                     stats["pairs"] += 100
+                    sent += 100
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             await stream.aclose()
@@ -143,7 +150,7 @@ async def measure(port: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def main(python: str, seconds: float) -> None:
+async def main(python: str, seconds: float, rate: float) -> None:
     log = Path(tempfile.mkdtemp(prefix="rapid-reset-")) / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: ASYNC220 (a probe: started once, before any I/O)
@@ -176,13 +183,14 @@ async def main(python: str, seconds: float) -> None:
             nursery.start_soon(measure_during)
             await trio.sleep(0.3)  # the client process is up
             for _ in range(4):
-                nursery.start_soon(attack, port, stop, stats)
+                nursery.start_soon(attack, port, stop, stats, rate / 4)
         cpu = _cpu_seconds(proc.pid) - cpu_before
-        await trio.sleep(1)
         text = log.read_text()
         lines = text.splitlines()[lines_before:]
+        after = await measure(port, 2)
         print(_summary("good client before", before))
         print(_summary(f"good client during {seconds:g} s of attack", during))
+        print(_summary("good client in the 2 s after", after))
         pairs, connections = stats["pairs"], stats["connections"]
         print(f"attacker: {pairs} HEADERS+RST_STREAM pairs sent, {connections} connections")
         print(f"server log lines during the attack: {len(lines)}")
@@ -199,9 +207,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=float, default=0, help="pairs/s in all (0: unlimited)")
     parser.add_argument("--good-client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.good_client:
         print(json.dumps(trio.run(good_client, args.good_client, args.seconds)))
     else:
-        trio.run(main, args.python, args.seconds)
+        trio.run(main, args.python, args.seconds, args.rate)
