@@ -74,6 +74,16 @@ def test_meter_counts_per_window_and_ignores_pings_during_transfers() -> None:
         FloodLimits(pings=0)
 
 
+def test_early_resets_among_many_answered_streams_are_tolerated() -> None:
+    """A busy client whose calls time out now and then: past the count, but not the
+    share of the streams opened."""
+    meter = FloodMeter(FloodLimits(early_resets=2, early_reset_share=0.5), clock=lambda: 0.0)
+    for _ in range(10):
+        meter.stream_opened()
+    assert [meter.count(Frames.EARLY_RESET) for _ in range(5)] == [None] * 5
+    assert meter.count(Frames.EARLY_RESET) is not None  # 6 of 10
+
+
 @stock_and_ours("hypercorn has no limit on streams a client opens and resets at once")
 async def test_rapid_reset_ends_the_connection(
     server_kind: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture

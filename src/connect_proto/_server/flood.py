@@ -13,10 +13,12 @@ are far above what a well-behaved client sends (a gRPC client cancels a handful 
 a second; keepalive pings come minutes apart) and far below an attack (one rapid-reset
 connection was measured at about 19,000 resets a second):
 
-- ``early_resets``: streams the client reset before the server sent response headers.
-  A stream cancelled after its response started (a watch the client stops) is normal
-  use and not counted. Netty's default is 200 resets per 30 s; this counts only the
-  early ones and allows 200 per 10 s.
+- ``early_resets``: streams the client reset before the server sent response headers,
+  past which the connection is closed if they are also more than ``early_reset_share``
+  of the streams it opened in the window. A stream cancelled after its response started
+  (a watch the client stops) is normal use and not counted; nor is a busy client whose
+  calls time out now and then (the share), as in Envoy's premature-reset check. Netty's
+  default is 200 resets per 30 s; this allows 200 early ones per 10 s.
 - ``pings``: PING frames received while the server had sent no response bytes since
   the previous PING. Pings that accompany a transfer (gRPC's bandwidth probes) are not
   counted, as in grpc-go's ping enforcement.
@@ -37,6 +39,7 @@ class FloodLimits:
 
     window: float = 10.0
     early_resets: int = 200
+    early_reset_share: float = 0.5
     pings: int = 100
     settings: int = 100
     empty_data: int = 1000
@@ -44,6 +47,8 @@ class FloodLimits:
     def __post_init__(self) -> None:
         if self.window <= 0:
             raise ValueError("window must be > 0")
+        if not 0 <= self.early_reset_share < 1:
+            raise ValueError("early_reset_share must be >= 0 and < 1")
         for name in ("early_resets", "pings", "settings", "empty_data"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -67,18 +72,31 @@ DESCRIPTIONS = {
 class FloodMeter:
     """Counts one connection's cheap frames; ``count`` says when a limit is passed.
 
-    Plain state, no I/O: the protocol calls ``count`` for each such frame and
-    ``sent_response_bytes`` when it sends HEADERS or DATA for a stream.
+    Plain state, no I/O: the protocol calls ``count`` for each such frame,
+    ``stream_opened`` for each new stream and ``sent_response_bytes`` when it sends
+    HEADERS or DATA for a stream.
     """
 
-    __slots__ = ("_clock", "_counts", "_limits", "_sent_since_ping", "_window_start")
+    __slots__ = ("_clock", "_counts", "_limits", "_opened", "_sent_since_ping", "_window_start")
 
     def __init__(self, limits: FloodLimits, clock: Callable[[], float]) -> None:
         self._limits = limits
         self._clock = clock
         self._window_start = clock()
         self._counts = dict.fromkeys(Frames, 0)
+        self._opened = 0  # streams opened in this window
         self._sent_since_ping = False
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if now - self._window_start >= self._limits.window:
+            self._window_start = now
+            self._counts = dict.fromkeys(Frames, 0)
+            self._opened = 0
+
+    def stream_opened(self) -> None:
+        self._tick()
+        self._opened += 1
 
     def sent_response_bytes(self) -> None:
         self._sent_since_ping = True
@@ -89,15 +107,14 @@ class FloodMeter:
             probing, self._sent_since_ping = self._sent_since_ping, False
             if probing:
                 return None
-        now = self._clock()
-        if now - self._window_start >= self._limits.window:
-            self._window_start = now
-            self._counts = dict.fromkeys(Frames, 0)
-        self._counts[kind] += 1
+        self._tick()
+        count = self._counts[kind] = self._counts[kind] + 1
         limit: int = getattr(self._limits, kind.value)
-        if self._counts[kind] > limit:
-            return f"more than {limit} {DESCRIPTIONS[kind]} in {self._limits.window:g}s"
-        return None
+        if count <= limit:
+            return None
+        if kind is Frames.EARLY_RESET and count <= self._opened * self._limits.early_reset_share:
+            return None  # mostly answered streams: a client whose calls time out
+        return f"more than {limit} {DESCRIPTIONS[kind]} in {self._limits.window:g}s"
 
 
 __all__ = ["FloodLimits", "FloodMeter", "Frames"]

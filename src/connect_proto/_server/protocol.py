@@ -270,6 +270,7 @@ class RpcH2Protocol(H2Protocol):
     async def _request_received(
         self, event: h2.events.RequestReceived, reset_here: set[int]
     ) -> None:
+        self.flood.stream_opened()
         if event.stream_id in reset_here:
             # Opened and reset in the same read: nothing to start, nothing to answer.
             await self._count(Frames.EARLY_RESET)
