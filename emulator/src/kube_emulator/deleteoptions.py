@@ -94,7 +94,7 @@ def parse_delete_options(body: Any, query: dict[str, str]) -> DeleteOptions:
         )
     if errs:
         err: StatusError = invalid_object("DeleteOptions", "DeleteOptions", "", "", errs)
-        err.details = {"kind": "DeleteOptions", "causes": err.details["causes"]}
+        err.details = {"kind": "DeleteOptions", "causes": [e.cause() for e in errs]}
         raise err
     return DeleteOptions(
         propagation_policy=policy,

@@ -212,7 +212,9 @@ CONFLICT_MODIFIED = (
 )
 
 
-def invalid_object(group_kind: str, kind: str, group: str, name: str, errs: list[FieldError]):
+def invalid_object(
+    group_kind: str, kind: str, group: str, name: str, errs: list[FieldError]
+) -> StatusError:
     """422 Invalid; ``group_kind`` is ``TaskAction.flyte.org`` (``Namespace`` for core)."""
     if len(errs) == 1:
         text = str(errs[0])
@@ -319,7 +321,9 @@ def rv_too_large(requested: int, current: int) -> StatusError:
     )
 
 
-def namespace_terminating(qualified: str, group: str, plural: str, name: str, namespace: str):
+def namespace_terminating(
+    qualified: str, group: str, plural: str, name: str, namespace: str
+) -> StatusError:
     message = (
         f"unable to create new content in namespace {namespace} because it is being terminated"
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .deleteoptions import FOREGROUND, ORPHAN
@@ -136,7 +137,9 @@ class GarbageCollector:
             return "waiting"
         return "solid"
 
-    def _dependents(self, rtype: ResourceType, owner: dict[str, Any]):
+    def _dependents(
+        self, rtype: ResourceType, owner: dict[str, Any]
+    ) -> Iterator[tuple[ResourceType, dict[str, Any]]]:
         """Dependents in the owner's namespace (cluster-scoped owners: any namespace)."""
         ns = meta(owner).get("namespace")
         for dep_type, dep in self.store.dependents_of(meta(owner)["uid"]):

@@ -25,12 +25,18 @@ from .deleteoptions import parse_bool, parse_delete_options
 from .errors import StatusError
 from .patching import APPLY_PATCH
 from .routing import ResourcePath, resolve
-from .selectors import NAMESPACE_FIELD_GETTERS, parse_field_selector, parse_label_selector
+from .selectors import (
+    NAMESPACE_FIELD_GETTERS,
+    FieldSelector,
+    parse_field_selector,
+    parse_label_selector,
+)
 from .store import WriteOptions, parse_rv
 from .watch import AbortStream, WatchRequest, WatchSession
 
 if TYPE_CHECKING:
     from .emulator import Core
+    from .server import ApiServer
 
 JSON = "application/json"
 
@@ -43,10 +49,11 @@ class ApiHandler(BaseHTTPRequestHandler):
     # connection would wait ~40 ms for the client's delayed ACK.
     disable_nagle_algorithm = True
 
-    # Typed access to the shared state the server carries.
+    server: ApiServer  # the server that accepted this connection (narrowed for typing)
+
     @property
     def core(self) -> Core:
-        return self.server.core  # type: ignore[attr-defined]
+        return self.server.core
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # request logging goes to Core.requests instead
@@ -301,7 +308,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         # apiserver sends one Warning header per warning (RFC 7234 warn-code 299).
         return {"Warning": [f'299 - "{_quote(w)}"' for w in opts.warnings]}
 
-    def _collection(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _collection(
+        self, route: ResourcePath, method: str, query: dict[str, str], body: bytes
+    ) -> None:
         store = self.core.store
         rtype = route.rtype
         if method == "GET":
@@ -348,11 +357,11 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise errors.method_not_allowed(method, rtype.qualified)
 
-    def _fields(self, route: ResourcePath, query: dict[str, str]):
+    def _fields(self, route: ResourcePath, query: dict[str, str]) -> FieldSelector:
         getters = NAMESPACE_FIELD_GETTERS if route.rtype.plural == "namespaces" else None
         return parse_field_selector(query.get("fieldSelector"), getters)
 
-    def _object(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _object(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes) -> None:
         store = self.core.store
         rtype, ns, name = route.rtype, route.namespace, route.name or ""
         if method == "GET":
@@ -384,7 +393,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise errors.method_not_allowed(method, rtype.qualified)
 
-    def _patch(self, route: ResourcePath, query: dict[str, str], body: bytes, sub: str | None):
+    def _patch(
+        self, route: ResourcePath, query: dict[str, str], body: bytes, sub: str | None
+    ) -> None:
         ctype = self._content_type()
         if ctype == APPLY_PATCH:
             # Server-side apply is not emulated; refuse it loudly instead of mis-applying.
@@ -406,7 +417,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         )
         self._send_json(200, _present(obj, route), self._warning_headers(opts))
 
-    def _subresource(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _subresource(
+        self, route: ResourcePath, method: str, query: dict[str, str], body: bytes
+    ) -> None:
         rtype = route.rtype
         if route.subresource != "status" or not rtype.status_subresource:
             raise errors.subresource_not_found()
@@ -469,7 +482,8 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self._status = 200
         core.watchers_started += 1
-        self._record[2] = 200  # visible in the request log while the stream is open
+        if self._record is not None:
+            self._record[2] = 200  # visible in the request log while the stream is open
         try:
             session.run(self._write_chunk)
             self.wfile.write(b"0\r\n\r\n")
@@ -497,7 +511,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], 0)
             if not readable:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
+            return peeked == b""
         except (OSError, ValueError):
             return True
 

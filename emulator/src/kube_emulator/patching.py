@@ -155,7 +155,7 @@ def json_patch(target: Any, ops: Any) -> Any:
     return doc
 
 
-def apply_patch(target: dict[str, Any], content_type: str, body: Any, *, builtin: bool):
+def apply_patch(target: dict[str, Any], content_type: str, body: Any, *, builtin: bool) -> Any:
     """Return the patched document or raise the Status the real server would send."""
     if content_type == MERGE_PATCH:
         if not isinstance(body, dict):

@@ -47,7 +47,9 @@ def resolve(registry: Registry, path: str) -> ResourcePath | None:
     return _build(rtype, version, None, rest[1:])
 
 
-def _build(rtype: ResourceType, version: str, namespace: str | None, rest: list[str]):
+def _build(
+    rtype: ResourceType, version: str, namespace: str | None, rest: list[str]
+) -> ResourcePath | None:
     if len(rest) > 2:
         return None
     name = rest[0] if rest else None

@@ -100,6 +100,7 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         return ident("identifier")
 
     while True:
+        values: tuple[str, ...]
         negate = False
         if peek() == "!":
             negate = True

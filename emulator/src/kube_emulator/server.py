@@ -11,18 +11,23 @@ import socket
 import socketserver
 import threading
 from http.server import HTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .handler import ApiHandler
 
+if TYPE_CHECKING:
+    from .emulator import Core
 
-class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
+
+class ApiServer(socketserver.ThreadingMixIn, HTTPServer):
+    """One thread per connection; carries the emulator (``core``) its handlers serve."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], core: Any) -> None:
+    def __init__(self, address: tuple[str, int], core: Core) -> None:
         self.core = core
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
@@ -70,11 +75,11 @@ class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
 class Listener:
     """Owns one bound server at a time; can stop listening and come back on the same port."""
 
-    def __init__(self, core: Any, host: str, port: int) -> None:
+    def __init__(self, core: Core, host: str, port: int) -> None:
         self.core = core
         self.host = host
         self.port = port
-        self._server: _ThreadingServer | None = None
+        self._server: ApiServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._listening = False
@@ -88,7 +93,7 @@ class Listener:
         with self._lock:
             if self._server is not None:
                 return
-            server = _ThreadingServer((self.host, self.port), self.core)
+            server = ApiServer((self.host, self.port), self.core)
             self.port = server.server_address[1]
             self._server = server
             self._thread = threading.Thread(
