@@ -1,4 +1,4 @@
-"""Emulator fidelity with the real ``kubectl`` (reference section 9): discovery, get, get -w,
+"""Emulator fidelity with the real ``kubectl``: discovery, get, get -w,
 apply, patch and delete, through a generated kubeconfig."""
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ def test_kubectl_get_watch(kubectl, kube_emulator, custom_api, taskaction):
             "flyte.org", "v1", NS, "taskactions", taskaction("second")
         )
         assert proc.stdout.readline().strip() == "taskaction.flyte.org/second"
-        kube_emulator.close_watches()  # 9.6: kubectl exits 0 when the server ends the stream
+        kube_emulator.close_watches()  # Kubectl exits 0 when the server ends the stream
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
@@ -233,7 +233,7 @@ def test_other_kubectl_versions(binary, kube_emulator, tmp_path):
         return proc.stdout
 
     path = _manifest(tmp_path, "v1x")
-    # kubectl 1.27 validates from /openapi/v2, which the emulator does not serve (9.8).
+    # kubectl 1.27 validates from /openapi/v2, which the emulator does not serve.
     validate = ["--validate=false"] if binary.endswith("1.27") else []
     assert "created" in run("apply", *validate, "-f", str(path))
     assert "unchanged" in run("apply", *validate, "-f", str(path))

@@ -1,4 +1,4 @@
-"""DeleteOptions from a JSON body or, only when the body is empty, the query (reference 3.8a)."""
+"""DeleteOptions from a JSON body or, only when the body is empty, the query."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class DeleteOptions:
 
 
 def parse_bool(text: str) -> bool:
-    """Go's strconv.ParseBool (reference 1.10)."""
+    """Go's strconv.ParseBool."""
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
     if text in ("0", "f", "F", "false", "FALSE", "False"):

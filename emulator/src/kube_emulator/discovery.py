@@ -1,4 +1,4 @@
-"""Discovery documents kubectl and the clients read (reference 9.3-9.4)."""
+"""Discovery documents kubectl and the clients read."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Garbage collector and namespace controller (reference section 6).
+"""Garbage collector and namespace controller.
 
 Like kube-controller-manager, it runs asynchronously: a thread follows the store's event
 history and reacts to what it sees, so a DELETE returns before its cascade is done. Each
@@ -166,7 +166,7 @@ class GarbageCollector:
         if waiting and any(True for _ in self._dependents(rtype, obj)):
             for _dep_type, dep in self._dependents(rtype, obj):
                 if is_deleting(dep) and FOREGROUND in finalizers(dep):
-                    # Cycle guard (6.11): stop our owners from waiting on us.
+                    # Cycle guard: stop our owners from waiting on us.
                     new = deep(obj)
                     for ref in new["metadata"]["ownerReferences"]:
                         if ref.get("blockOwnerDeletion"):

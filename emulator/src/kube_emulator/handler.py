@@ -2,7 +2,7 @@
 
 One handler instance serves one persistent connection (``protocol_version = "HTTP/1.1"``).
 Non-streaming responses always carry Content-Length; watches use chunked encoding with one
-JSON event per chunk, flushed at once (reference 5.2).
+JSON event per chunk, flushed at once.
 """
 
 from __future__ import annotations
@@ -593,7 +593,7 @@ def _present_list(result: dict[str, Any], route: ResourcePath) -> dict[str, Any]
     api_version = route.rtype.api_version(route.version)
     items = result["items"]
     if route.rtype.builtin:
-        # Built-in list items omit apiVersion/kind (reference 2.10).
+        # Built-in list items omit apiVersion/kind.
         items = [{k: v for k, v in i.items() if k not in ("apiVersion", "kind")} for i in items]
     else:
         items = [_present(i, route) for i in items]

@@ -46,7 +46,7 @@ def without_rv(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def non_metadata(obj: dict[str, Any], *, skip_status: bool) -> dict[str, Any]:
-    """Everything whose change bumps ``generation`` (reference 2.5)."""
+    """Everything whose change bumps ``generation``."""
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if skip_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
 

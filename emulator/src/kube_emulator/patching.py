@@ -1,4 +1,4 @@
-"""JSON merge patch (RFC 7386) and JSON patch (RFC 6902) over plain dicts (reference 3.7)."""
+"""JSON merge patch (RFC 7386) and JSON patch (RFC 6902) over plain dicts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Map a URL path onto a served kind, namespace, name and subresource (reference 1.1-1.6)."""
+"""Map a URL path onto a served kind, namespace, name and subresource."""
 
 from __future__ import annotations
 

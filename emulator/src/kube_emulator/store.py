@@ -645,7 +645,7 @@ class ObjectStore:
         ):
             new["metadata"]["generation"] = cur_meta.get("generation", 1) + 1
         if without_rv(new) == without_rv(current):
-            return current  # no-op: no new RV, no event (reference 2.4)
+            return current  # no-op: no new RV, no event
         okey = self._okey(rtype, cur_meta.get("namespace"), name)
         if opts.dry_run:
             return new
@@ -658,7 +658,7 @@ class ObjectStore:
     def _merge_server_fields(
         self, rtype: ResourceType, current: dict[str, Any], body: dict[str, Any]
     ) -> dict[str, Any]:
-        """Main-resource write: keep what the server owns (reference 2.6, 3.6b)."""
+        """Main-resource write: keep what the server owns."""
         new = deep(body)
         md = new.setdefault("metadata", {})
         cur_meta = meta(current)
@@ -800,7 +800,7 @@ class ObjectStore:
     def controller_delete(
         self, rtype: ResourceType, current: dict[str, Any], policy: str | None
     ) -> tuple[int, dict[str, Any]]:
-        """Delete with a uid precondition, as the garbage collector does (reference 6.3)."""
+        """Delete with a uid precondition, as the garbage collector does."""
         options = DeleteOptions(propagation_policy=policy, precondition_uid=meta(current)["uid"])
         return self._delete_locked(rtype, current, options)
 

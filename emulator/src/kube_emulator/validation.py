@@ -1,4 +1,4 @@
-"""Name, label, finalizer and ownerReference rules from apimachinery (reference 2.7)."""
+"""Name, label, finalizer and ownerReference rules from apimachinery."""
 
 from __future__ import annotations
 
