@@ -262,8 +262,8 @@ def test_subprocess_mode(tmp_path, taskaction):
     )
     try:
         line = proc.stdout.readline()
-        assert line.startswith("KUBE_EMULATOR_URL=http://127.0.0.1:")
-        url = line.strip().split("=", 1)[1]
+        assert line.startswith("kube-emulator serving http://127.0.0.1:")
+        url = line.split()[2]
         from kubernetes import config
 
         api_client = config.new_client_from_config(str(kubeconfig))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import select
 import socket
 import sys
@@ -20,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from . import discovery, errors, tables
+from . import discovery, errors, openapi, tables
 from .deleteoptions import parse_bool, parse_delete_options
 from .errors import StatusError
 from .patching import APPLY_PATCH
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 JSON = "application/json"
 
+log = logging.getLogger("kube_emulator.requests")
+
 
 class ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -56,7 +59,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         return self.server.core
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # request logging goes to Core.requests instead
+        pass  # requests go to Core.requests and, at DEBUG, to the "kube_emulator" logger
 
     # --- verbs ----------------------------------------------------------------------
 
@@ -201,6 +204,13 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send_status(errors.internal_error(f"emulator bug: {exc!r}"))
         finally:
             record[2], record[3] = self._status, time.monotonic() - started
+            log.debug(
+                "%s %s -> %s in %.1f ms",
+                self.command,
+                self.path,
+                self._status or "-",
+                record[3] * 1000,
+            )
 
     def _inject(self, rule: Any) -> None:
         # Retry-After 0 is meaningful to urllib3 (retry at once), so test "is not None".
@@ -263,14 +273,20 @@ class ApiHandler(BaseHTTPRequestHandler):
             doc = discovery.api_resource_list(core.registry, "", "v1")
         elif path == "/apis":
             doc = discovery.api_group_list(core.registry)
+        elif path == "/openapi/v2":
+            accept = self.headers.get("Accept") or ""
+            if openapi.V2_PROTOBUF_ACCEPT in accept or openapi.V2_PROTOBUF in accept:
+                self._send_bytes(200, openapi.v2_protobuf(core.registry), openapi.V2_PROTOBUF)
+                return True
+            doc = openapi.v2_json(core.registry)
         elif path == "/openapi/v3":
-            doc = discovery.openapi_v3_root(core.registry)
+            doc = openapi.v3_root(core.registry)
         elif path.startswith("/openapi/v3/"):
             parts = path[len("/openapi/v3/") :].split("/")
             if parts[:1] == ["api"] and len(parts) == 2:
-                doc = discovery.openapi_v3_gv(core.registry, "", parts[1])
+                doc = openapi.v3_group_version(core.registry, "", parts[1])
             elif parts[:1] == ["apis"] and len(parts) == 3:
-                doc = discovery.openapi_v3_gv(core.registry, parts[1], parts[2])
+                doc = openapi.v3_group_version(core.registry, parts[1], parts[2])
             if doc is None:
                 self._send_plain_404()
                 return True
@@ -482,6 +498,7 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self._status = 200
         core.watchers_started += 1
+        log.debug("%s %s -> 200, watching", self.command, self.path)
         if self._record is not None:
             self._record[2] = 200  # visible in the request log while the stream is open
         try:

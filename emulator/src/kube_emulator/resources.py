@@ -1,4 +1,10 @@
-"""The kinds the emulator serves: built-ins (namespaces, CRDs) and CRD-defined kinds."""
+"""The kinds the emulator serves: built-ins and CRD-defined kinds.
+
+Namespaces and CustomResourceDefinitions have behaviour of their own (the namespace
+controller, serving CRD-defined kinds). The other built-in kinds are the ones a typical
+deployment manifest holds (``kubectl apply -k k8s/``): they are stored generically, without
+schema validation, defaulting or controllers.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +83,54 @@ CRDS = ResourceType(
     categories=("api-extensions",),
 )
 
-BUILTINS = (NAMESPACES, CRDS)
+
+def _generic(
+    group: str,
+    kind: str,
+    plural: str,
+    *,
+    namespaced: bool = True,
+    status: bool = False,
+    short_names: tuple[str, ...] = (),
+    categories: tuple[str, ...] = (),
+) -> ResourceType:
+    return ResourceType(
+        group=group,
+        versions=("v1",),
+        kind=kind,
+        plural=plural,
+        singular=kind.lower(),
+        namespaced=namespaced,
+        status_subresource=status,
+        builtin=True,
+        short_names=short_names,
+        categories=categories,
+    )
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+# Stored as sent (plus server-owned metadata); no schema, defaulting or controllers.
+GENERIC_BUILTINS = (
+    _generic("", "ConfigMap", "configmaps", short_names=("cm",)),
+    _generic("", "Secret", "secrets"),
+    _generic("", "ServiceAccount", "serviceaccounts", short_names=("sa",)),
+    _generic("", "Service", "services", status=True, short_names=("svc",), categories=("all",)),
+    _generic(
+        "apps",
+        "Deployment",
+        "deployments",
+        status=True,
+        short_names=("deploy",),
+        categories=("all",),
+    ),
+    _generic(RBAC_GROUP, "Role", "roles"),
+    _generic(RBAC_GROUP, "RoleBinding", "rolebindings"),
+    _generic(RBAC_GROUP, "ClusterRole", "clusterroles", namespaced=False),
+    _generic(RBAC_GROUP, "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+)
+
+BUILTINS = (NAMESPACES, CRDS, *GENERIC_BUILTINS)
 
 
 def resource_type_from_crd(crd: dict[str, Any]) -> ResourceType:

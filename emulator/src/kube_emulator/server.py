@@ -7,8 +7,10 @@ every connection thread so tests can check nothing leaked.
 
 from __future__ import annotations
 
+import logging
 import socket
 import socketserver
+import sys
 import threading
 from http.server import HTTPServer
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,8 @@ from .handler import ApiHandler
 
 if TYPE_CHECKING:
     from .emulator import Core
+
+log = logging.getLogger("kube_emulator")
 
 
 class ApiServer(socketserver.ThreadingMixIn, HTTPServer):
@@ -38,6 +42,12 @@ class ApiServer(socketserver.ThreadingMixIn, HTTPServer):
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return  # the client reset or abandoned the connection: nothing to report
+        log.error("error serving %s", client_address, exc_info=exc)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
