@@ -189,6 +189,62 @@ def crd_errors(crd: dict[str, Any]) -> list[str]:
         problems.append(
             "spec.versions: Invalid value: must have exactly one version marked as storage version"
         )
+    for i, version in enumerate(versions):
+        for j, column in enumerate(version.get("additionalPrinterColumns") or []):
+            problems += _printer_column_errors(
+                column, f"spec.versions[{i}].additionalPrinterColumns[{j}]"
+            )
+    return problems
+
+
+PRINTER_COLUMN_TYPES = ("boolean", "date", "integer", "number", "string")
+PRINTER_COLUMN_FORMATS = (
+    "byte",
+    "date",
+    "date-time",
+    "double",
+    "float",
+    "int32",
+    "int64",
+    "password",
+)
+
+
+def _supported(values: tuple[str, ...]) -> str:
+    return ", ".join(f'"{v}"' for v in values)
+
+
+def _printer_column_errors(column: Any, path: str) -> list[str]:
+    """apiextensions' ValidateCustomResourceColumnDefinition."""
+    if not isinstance(column, dict):
+        return [f"{path}: Invalid value: must be an object"]
+    problems = []
+    if not column.get("name"):
+        problems.append(f"{path}.name: Required value")
+    ctype = column.get("type")
+    if not ctype:
+        problems.append(
+            f"{path}.type: Required value: must be one of {','.join(PRINTER_COLUMN_TYPES)}"
+        )
+    elif ctype not in PRINTER_COLUMN_TYPES:
+        problems.append(
+            f'{path}.type: Unsupported value: "{ctype}": supported values: '
+            + _supported(PRINTER_COLUMN_TYPES)
+        )
+    fmt = column.get("format")
+    if fmt and fmt not in PRINTER_COLUMN_FORMATS:
+        problems.append(
+            f'{path}.format: Unsupported value: "{fmt}": supported values: '
+            + _supported(PRINTER_COLUMN_FORMATS)
+        )
+    json_path = column.get("jsonPath")
+    if not json_path:
+        problems.append(f"{path}.JSONPath: Required value")
+    elif not str(json_path).startswith("."):
+        problems.append(
+            f'{path}.jsonPath: Invalid value: "{json_path}": must be a simple json path '
+            "starting with ."
+        )
     return problems
 
 
