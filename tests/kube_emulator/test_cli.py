@@ -206,6 +206,10 @@ def test_apply_kustomization_to_a_fresh_emulator(start, tmp_path):
     assert deployment["metadata"]["namespace"] == "flyte"
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "flyte-actions-service:0.1.0"
+    # Built-in kinds print the default table: the creation time itself.
+    listing = _kubectl(running, tmp_path, "get", "configmaps", "-n", "flyte").stdout.splitlines()
+    assert listing[0].split() == ["NAME", "CREATED", "AT"]
+    assert re.fullmatch(r"actions-service-config\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listing[1])
 
 
 @needs_kubectl
@@ -361,3 +365,56 @@ def test_sigterm_stops_cleanly(tmp_path):
     started = time.monotonic()
     assert _stop(proc) == (0, "")
     assert time.monotonic() - started < 10
+
+
+@needs_kubectl
+def test_apply_changed_manifests_merges_lists(start, tmp_path):
+    # A second `kubectl apply -k` with a new image tag and one env value changed: kubectl
+    # sends strategic merge patches; containers and env merge by name, nothing else is lost.
+    running = start("--no-crd", "--no-namespace")
+    assert _kubectl(running, tmp_path, "apply", "-k", "k8s/").returncode == 0
+    changed = tmp_path / "k8s"
+    shutil.copytree(ROOT / "k8s", changed)
+    kustomization = changed / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("newTag: 0.1.0", "newTag: 0.2.0"))
+    deployment = changed / "deployment.yaml"
+    deployment.write_text(deployment.read_text().replace("value: /tmp/data", "value: /tmp/d2"))
+    result = _kubectl(running, tmp_path, "apply", "-k", str(changed))
+    assert result.returncode == 0, result.stderr
+    applied = _applied(result.stdout)
+    assert applied.pop("deployment.apps/actions-service") == "configured"
+    assert set(applied.values()) == {"unchanged"}
+    again = _kubectl(running, tmp_path, "apply", "-k", str(changed))
+    assert set(_applied(again.stdout).values()) == {"unchanged"}  # converged
+    stored = yaml.safe_load(
+        _kubectl(
+            running, tmp_path, "get", "deploy", "actions-service", "-n", "flyte", "-o", "yaml"
+        ).stdout
+    )
+    (container,) = stored["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "flyte-actions-service:0.2.0"
+    assert [e["name"] for e in container["env"]] == ["POD_NAMESPACE", "XDG_DATA_HOME"]
+    assert container["env"][1]["value"] == "/tmp/d2"
+    assert container["env"][0]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert [m["name"] for m in container["volumeMounts"]] == ["config", "tmp"]
+    # `kubectl patch` (strategic by default) merges containers by name too.
+    patched = _kubectl(
+        running,
+        tmp_path,
+        "patch",
+        "deploy",
+        "actions-service",
+        "-n",
+        "flyte",
+        "-p",
+        '{"spec":{"template":{"spec":{"containers":[{"name":"actions-service","image":"x:1"}]}}}}',
+    )
+    assert patched.returncode == 0, patched.stderr
+    stored = yaml.safe_load(
+        _kubectl(
+            running, tmp_path, "get", "deploy", "actions-service", "-n", "flyte", "-o", "yaml"
+        ).stdout
+    )
+    (container,) = stored["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "x:1" and container["command"] == ["actions-service"]

@@ -43,6 +43,7 @@ _CREATION_TIMESTAMP_DESCRIPTION = (
     "UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: "
     "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"
 )
+_VERBATIM = "x-emulator-verbatim"  # a column whose value is the cell as it is
 _DEFAULT_CRD_COLUMNS = [
     {
         "name": "Age",
@@ -67,8 +68,17 @@ def _columns(rtype: ResourceType, version: str) -> list[dict[str, Any]]:
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ]
     if rtype.builtin:
-        # The server's default table convertor for kinds without printers of their own.
-        return [{"name": "Created At", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
+        # The server's default table convertor (kinds without printers of their own): a
+        # "date" column whose cell is the timestamp itself, not an age.
+        return [
+            {
+                "name": "Created At",
+                "type": "date",
+                "jsonPath": ".metadata.creationTimestamp",
+                "description": _CREATION_TIMESTAMP_DESCRIPTION,
+                _VERBATIM: True,
+            }
+        ]
     columns = rtype.printer_columns.get(version) or []
     return list(columns) if columns else list(_DEFAULT_CRD_COLUMNS)
 
@@ -247,6 +257,8 @@ def cell(column: dict[str, Any], obj: dict[str, Any], now: float) -> Any:
         return None
     value = results[0]
     column_type = column.get("type", "string")
+    if column.get(_VERBATIM):
+        return value
     if column_type == "string":
         return jsonpath_text(value)
     return _typed_cell(column_type, value, now)
