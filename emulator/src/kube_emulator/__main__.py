@@ -57,13 +57,17 @@ def find_default_crd(cwd: Path | None = None) -> Path | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description="Run the Kubernetes API emulator as a local cluster (loopback only).",
+        epilog="Then: KUBECONFIG=<kubeconfig> kubectl apply -k k8s/",
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback only)")
-    parser.add_argument("--port", type=int, default=0, help="port; 0 (default) picks a free one")
+    parser.add_argument(
+        "--port", type=int, default=0, metavar="N", help="port; 0 (default) picks a free one"
+    )
     parser.add_argument(
         "--kubeconfig",
         type=Path,
+        metavar="PATH",
         default=None,
         help=f"where to write the kubeconfig (default {default_kubeconfig_path()})",
     )
@@ -71,12 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--context-namespace",
         default=DEFAULT_NAMESPACE,
+        metavar="NS",
         help="namespace of the kubeconfig's context (default %(default)s)",
     )
     parser.add_argument(
         "--crd",
         action="append",
         type=Path,
+        metavar="PATH",
         default=[],
         help=f"CRD YAML file to install (repeatable; default: {CRD_RELATIVE_PATH} found in the "
         "working directory or the checkout)",
@@ -85,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--namespace",
         action="append",
+        metavar="NS",
         default=[],
         help=f"namespace to create besides 'default' (repeatable; default {DEFAULT_NAMESPACE})",
     )
@@ -100,9 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="WARNING",
         help="DEBUG logs every request (default %(default)s)",
     )
-    parser.add_argument("--history-size", type=int, default=10_000)
-    parser.add_argument("--too-large-rv-wait", type=float, default=3.0)
-    parser.add_argument("--bookmark-interval", type=float, default=60.0)
+    parser.add_argument(
+        "--history-size",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="watch events kept; older resourceVersions answer 410 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--too-large-rv-wait",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="how long a read at a future resourceVersion waits (default %(default)s)",
+    )
+    parser.add_argument(
+        "--bookmark-interval",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds between watch bookmarks (default %(default)s)",
+    )
     return parser
 
 
