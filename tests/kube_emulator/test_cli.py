@@ -418,3 +418,14 @@ def test_apply_changed_manifests_merges_lists(start, tmp_path):
     )
     (container,) = stored["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "x:1" and container["command"] == ["actions-service"]
+
+
+@needs_kubectl
+def test_delete_kustomization(start, tmp_path):
+    running = start()
+    assert _kubectl(running, tmp_path, "apply", "-k", "k8s/").returncode == 0
+    deleted = _kubectl(running, tmp_path, "delete", "-k", "k8s/", "--ignore-not-found")
+    assert deleted.returncode == 0, deleted.stderr
+    left = _kubectl(running, tmp_path, "get", "namespaces", "-o", "name").stdout.split()
+    assert left == ["namespace/default"]
+    assert running.proc.poll() is None
