@@ -21,7 +21,9 @@ if ! command -v h2load >/dev/null 2>&1; then
   fi
 fi
 echo "test: ruff" >&2
-.venv/bin/ruff check src tests bench scripts
-.venv/bin/ruff format --check --quiet src tests bench scripts
+.venv/bin/ruff check src tests bench scripts emulator
+.venv/bin/ruff format --check --quiet src tests bench scripts emulator
+echo "test: mypy" >&2
+.venv/bin/mypy  # strict; what it checks is [tool.mypy] in pyproject.toml
 echo "test: pytest" >&2
 exec .venv/bin/python -m pytest "$@"

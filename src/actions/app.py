@@ -1,4 +1,4 @@
-"""The Actions Service as an ASGI app, and ``serve`` to run it under hypercorn.
+"""The Actions Service as an ASGI app (the composition root), and ``serve`` to run it.
 
 One port serves:
 
@@ -6,19 +6,21 @@ One port serves:
   bearer-token interceptor and the watch-subscription cap;
 - ``grpc.health.v1.Health`` ("" and the service name: SERVING once ready) and gRPC
   reflection v1 and v1alpha, open without a token;
-- plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running)
-  and ``/metrics`` (Prometheus), also open.
+- plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running,
+  not shutting down) and ``/metrics`` (Prometheus), also open.
 
 The store is opened and the fan-out started in the app's lifespan, before hypercorn
-answers anything (the contract's ``start_watching`` rule). The Kubernetes store is
-opened without waiting for its first list (``wait_for_sync=False``), so that the process
-is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line) while the
-API server is slow or away, instead of crash-looping.
+answers anything: a watch is only answered once the fan-out follows the store's change
+stream, so no change written after a watch's snapshot can be missed. The Kubernetes store
+is opened without waiting for its first list (``wait_for_sync=False``), so that the
+process is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line)
+while the API server is slow or away, instead of crash-looping.
 
-Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto._server.serve.serve`` when it
-is cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE, new
-calls are refused with UNAVAILABLE, unary calls in flight get the grace period; then the
-lifespan exits and closes the store.
+Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto.serve`` when it is
+cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE (its
+stream scope is cancelled and the fan-out stops), new calls are refused with UNAVAILABLE,
+unary calls in flight get the grace period; then the lifespan exits, unbinds the service
+and closes the store.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import trio
+from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry
 
 from actions.config import Config
@@ -46,6 +48,8 @@ from connect_proto import (
     ConnectApp,
     HealthService,
     HealthStatus,
+    Interceptor,
+    Observer,
     Readiness,
     RpcConfig,
     RpcMetrics,
@@ -73,9 +77,8 @@ HEALTH_POLL_SECONDS: Final = 0.5
 async def open_embedded_store(config: Config) -> Store:
     from actions.store.embedded import EmbeddedStore
 
-    data_dir = config.resolved_data_dir()
-    store = await EmbeddedStore.open(data_dir, config.namespace)
-    log.info("embedded store: %s", getattr(store, "path", data_dir))
+    store = await EmbeddedStore.open(config.resolved_data_dir(), config.namespace)
+    log.info("embedded store: %s", store.path)
     return store
 
 
@@ -115,35 +118,84 @@ STORE_OPENERS: Final[dict[str, OpenStore]] = {
 }
 
 
-def store_ready(store: Store) -> tuple[bool, str]:
-    """``Store.ready()``: ``(ok, why)``. Tolerates a plain bool (method or property) and
-    a store without it (ready while open), so that test doubles stay small."""
-    ready = getattr(store, "ready", None)
-    if ready is None:
-        return True, "ok"
-    result = ready() if callable(ready) else ready
-    if isinstance(result, tuple):
-        return bool(result[0]), str(result[1])
-    return bool(result), "ok" if result else "not ready"
-
-
 # --------------------------------------------------------------------------- the app
 
 
-@dataclass
 class ActionsApplication:
-    """The ASGI app plus the handles the runner and the tests use."""
+    """Everything one served Actions Service is made of, wired once.
 
-    app: ConnectApp
-    service: ActionsService
-    config: Config
-    metrics: FanOutMetrics
-    registry: CollectorRegistry
-    health: HealthStatus
-    readiness: Readiness
-    fanout: FanOut | None = field(default=None)
-    store: Store | None = field(default=None)
-    last_readiness: list[tuple[str, bool]] = field(default_factory=list)
+    ``app`` is the ASGI application to serve. Its lifespan (``lifespan``) opens the
+    store, runs the fan-out on it and keeps grpc.health.v1 in step with readiness. While
+    it runs, ``store`` and ``fanout`` are set; outside it they are None and the service
+    answers UNAVAILABLE.
+    """
+
+    def __init__(self, config: Config, *, open_store: OpenStore | None = None) -> None:
+        """``open_store`` defaults to the opener of ``config.store``."""
+        config.validate()
+        self.config = config
+        self._open_store = open_store or STORE_OPENERS[config.store]
+        self.store: Store | None = None
+        self.fanout: FanOut | None = None
+        self.service = ActionsService(namespace=config.namespace)
+        self.registry = CollectorRegistry()
+        self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
+        self.health = HealthStatus(overall=NOT_SERVING)
+        self.health.set(SERVICE_NAME, NOT_SERVING)
+        self.readiness = Readiness(
+            {
+                "store": self._store_ready,
+                "watch": self._watch_running,
+                "accepting": self._accepting,
+            }
+        )
+        # The readiness results of the last health poll, for the actions_ready gauge.
+        self.last_readiness: list[tuple[str, bool]] = []
+        self._store_why = "ok"  # last reason logged, so that a change is logged once
+        self.registry.register(
+            ServiceCollector(
+                self.metrics,
+                fanout=lambda: self.fanout,
+                store=lambda: self.store,
+                readiness=lambda: self.last_readiness,
+            )
+        )
+        self.app = self._connect_app()
+        self.app.shutdown.on_begin(self._on_shutdown)
+
+    def _connect_app(self) -> ConnectApp:
+        config = self.config
+        interceptors: list[Interceptor] = []
+        if config.auth_token_file is not None:
+            interceptors.append(BearerAuth.from_file(config.auth_token_file))
+        observers: list[Observer] = [RpcMetrics(self.registry)]
+        if config.access_log:
+            observers.append(AccessLog())
+        services: list[tuple[ServiceDescriptor, object]] = [
+            (SERVICE_DESCRIPTOR, self.service),
+            (HEALTH_SERVICE, HealthService(self.health)),
+        ]
+        services += reflection_services([descriptor for descriptor, _ in services])
+        return ConnectApp(
+            services,
+            lifespan=self.lifespan,
+            max_message_size=config.max_message_size,
+            http_routes={
+                "/healthz": healthz_app,
+                "/readyz": self.readiness.app,
+                "/metrics": metrics_app(self.registry),
+            },
+            interceptors=interceptors,
+            observers=observers,
+            request_id_header=REQUEST_ID_HEADER,
+            max_streams_per_method=(
+                {WATCH_PATH: config.max_watch_subscriptions}
+                if config.max_watch_subscriptions is not None
+                else None
+            ),
+        )
+
+    # -- shutdown
 
     def begin_shutdown(self) -> None:
         """End every watch stream now (UNAVAILABLE) and refuse new calls, so that
@@ -155,59 +207,28 @@ class ActionsApplication:
         if self.fanout is not None:
             self.fanout.shutdown()
 
+    # -- lifespan
 
-def build_app(config: Config, *, open_store: OpenStore | None = None) -> ActionsApplication:
-    """``open_store`` defaults to the opener of ``config.store``."""
-    config.validate()
-    opener = open_store or STORE_OPENERS[config.store]
-    service = ActionsService(namespace=config.namespace)
-    registry = CollectorRegistry()
-    counters = FanOutMetrics(observe_lag=lag_histogram(registry).observe)
-    health = HealthStatus(overall=NOT_SERVING)
-    health.set(SERVICE_NAME, NOT_SERVING)
-    holder: list[ActionsApplication] = []
+    @asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """The ASGI lifespan: serving starts once the store is open and the fan-out
+        follows it; on exit the fan-out stops and the store is closed."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_store)
+            nursery.start_soon(self._follow_health)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
 
-    def this() -> ActionsApplication:
-        return holder[0]
-
-    last_why: list[str] = ["ok"]
-
-    def store_check() -> bool:
-        store = this().store
-        if store is None:
-            return False
-        ok, why = store_ready(store)
-        if why != last_why[0]:
-            # Once per change: a probe every few seconds must not flood the log.
-            (log.info if ok else log.warning)("store readiness: %s", why)
-            last_why[0] = why
-        return ok
-
-    def watch_check() -> bool:
-        fanout = this().fanout
-        return fanout is not None and fanout.running
-
-    def accepting_check() -> bool:
-        return not this().app.shutdown.draining
-
-    readiness = Readiness(
-        {"store": store_check, "watch": watch_check, "accepting": accepting_check}
-    )
-    registry.register(
-        ServiceCollector(
-            counters,
-            fanout=lambda: this().fanout,
-            store=lambda: this().store,
-            readiness=lambda: this().last_readiness,
-        )
-    )
-
-    async def run_store(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run_store(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Open the store, run the fan-out on it, and bind the service; ``started()``
-        once watches can be answered."""
-        store = await opener(config)
-        application = this()
-        application.store = store
+        once watches can be answered. Runs until cancelled, then unbinds and closes."""
+        config = self.config
+        store = await self._open_store(config)
+        self.store = store
         try:
             fanout = FanOut(
                 store,
@@ -215,91 +236,62 @@ def build_app(config: Config, *, open_store: OpenStore | None = None) -> Actions
                 workers=config.watch_workers,
                 buffer_size=config.watch_buffer_size,
                 subscriber_buffer=config.subscriber_buffer_size,
-                metrics=counters,
+                metrics=self.metrics,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(fanout.run)
-                if application.app.shutdown.draining:
+                if self.app.shutdown.draining:
                     fanout.shutdown()  # stopping already: refuse watches from the start
-                service.bind(store, fanout)
-                application.fanout = fanout
-                await update_health()
+                self.service.bind(store, fanout)
+                self.fanout = fanout
+                await self._update_health()
                 task_status.started()
                 try:
                     await trio.sleep_forever()
                 finally:
                     fanout.shutdown()
-                    service.bind(None, None)
-                    application.fanout = None
+                    self.service.bind(None, None)
+                    self.fanout = None
         finally:
-            application.store = None
+            self.store = None
             with trio.CancelScope(shield=True):
                 await store.aclose()
             log.info("store closed")
 
-    async def update_health() -> None:
-        results = await readiness.results()
-        this().last_readiness = results
-        status = SERVING if all(ok for _, ok in results) else NOT_SERVING
-        health.set("", status)
-        health.set(SERVICE_NAME, status)
-
-    async def follow_health() -> None:
+    async def _follow_health(self) -> None:
         while True:
-            await update_health()
+            await self._update_health()
             await trio.sleep(HEALTH_POLL_SECONDS)
 
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_store)
-            nursery.start_soon(follow_health)
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
+    async def _update_health(self) -> None:
+        results = await self.readiness.results()
+        self.last_readiness = results
+        status = SERVING if all(ok for _, ok in results) else NOT_SERVING
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
 
-    interceptors: list[Any] = []
-    if config.auth_token_file is not None:
-        interceptors.append(BearerAuth.from_file(config.auth_token_file))
-    observers: list[Any] = [RpcMetrics(registry)]
-    if config.access_log:
-        observers.append(AccessLog())
-    services: list[tuple[Any, object]] = [
-        (SERVICE_DESCRIPTOR, service),
-        (HEALTH_SERVICE, HealthService(health)),
-    ]
-    services += reflection_services([descriptor for descriptor, _ in services])
-    app = ConnectApp(
-        services,
-        lifespan=lifespan,
-        max_message_size=config.max_message_size,
-        http_routes={
-            "/healthz": healthz_app,
-            "/readyz": readiness.app,
-            "/metrics": metrics_app(registry),
-        },
-        interceptors=interceptors,
-        observers=observers,
-        request_id_header=REQUEST_ID_HEADER,
-        max_streams_per_method=(
-            {WATCH_PATH: config.max_watch_subscriptions}
-            if config.max_watch_subscriptions is not None
-            else None
-        ),
-    )
-    application = ActionsApplication(
-        app=app,
-        service=service,
-        config=config,
-        metrics=counters,
-        registry=registry,
-        health=health,
-        readiness=readiness,
-    )
-    holder.append(application)
-    app.shutdown.on_begin(application._on_shutdown)
-    return application
+    # -- readiness checks
+
+    def _store_ready(self) -> bool:
+        if self.store is None:
+            return False
+        ok, why = self.store.ready()
+        if why != self._store_why:
+            # Once per change: a probe every few seconds must not flood the log.
+            (log.info if ok else log.warning)("store readiness: %s", why)
+            self._store_why = why
+        return ok
+
+    def _watch_running(self) -> bool:
+        return self.fanout is not None and self.fanout.running
+
+    def _accepting(self) -> bool:
+        return not self.app.shutdown.draining
+
+
+def build_app(config: Config, *, open_store: OpenStore | None = None) -> ActionsApplication:
+    """``ActionsApplication(config, open_store=open_store)``."""
+    return ActionsApplication(config, open_store=open_store)
 
 
 def hypercorn_config(config: Config) -> RpcConfig:
@@ -327,7 +319,7 @@ async def serve(
     """Serve until cancelled; ``task_status.started`` gets the bound port (useful with
     port 0). On cancellation the watch streams end first, then hypercorn shuts down
     gracefully and the lifespan closes the store."""
-    application = build_app(config, open_store=open_store)
+    application = ActionsApplication(config, open_store=open_store)
     hconfig = hypercorn_config(config)
     if graceful_timeout is not None:
         hconfig.graceful_timeout = graceful_timeout

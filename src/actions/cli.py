@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         sys.stdout.write(config_module.dump(config))
         return 0
-    configure_logging(config.log_format, config.log_level)  # type: ignore[arg-type]
+    configure_logging(config.log_format, config.log_level)
     try:
         trio.run(_serve, config)
     except Exception as exc:

@@ -28,10 +28,9 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 import httpx
 import trio
@@ -40,13 +39,11 @@ from flyteidl2.common import identifier_pb2, phase_pb2
 from flyteidl2.core import literals_pb2, types_pb2
 from flyteidl2.workflow import run_definition_pb2
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-# The watch view was split out of this module; "X as X" keeps its names importable here.
-from actions.watch_view import TERMINAL_PHASES as TERMINAL_PHASES
-from actions.watch_view import ChildRow as ChildRow
-from actions.watch_view import Screen, WatchState, phase_name
-from actions.watch_view import format_duration as format_duration
-from actions.watch_view import render_table as render_table
+from actions.phases import name as phase_name
+from actions.watch_follow import WatchSink, follow_watch
+from actions.watch_view import JsonLines, Screen, TableView, WatchState
 from connect_proto import Code, ConnectClient, RpcError
 
 SERVICE: Final = "/flyteidl2.actions.ActionsService/"
@@ -248,9 +245,8 @@ def make_client(args: argparse.Namespace, *, streaming: bool = False) -> Connect
             verify = ssl.create_default_context(cafile=args.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"--ca-file {args.ca_file}: {exc}") from None
-    # ConnectClient hands its timeout to httpx unchanged, so an httpx.Timeout (no read
-    # limit) can stand in for the float for a long-lived watch.
-    timeout: Any = WATCH_TIMEOUT if streaming else args.timeout
+    # A long-lived watch gets an httpx.Timeout without a read limit.
+    timeout: httpx.Timeout | float = WATCH_TIMEOUT if streaming else args.timeout
     return ConnectClient(
         args.url, http2=args.http2, headers=headers, verify=verify, timeout=timeout
     )
@@ -263,8 +259,8 @@ def _timeout_ms(args: argparse.Namespace) -> int | None:
 async def _unary(
     args: argparse.Namespace,
     method: str,
-    request: Any,
-    response_type: type[Any],
+    request: Message,
+    response_type: type[Message],
     out: TextIO,
     done: str,
 ) -> int:
@@ -312,7 +308,17 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     )
     live = not args.json and out.isatty()
     screen = Screen(out, live=live, color=live and not os.environ.get("NO_COLOR"))
+    sink: WatchSink = JsonLines(out) if args.json else TableView(screen)
     async with make_client(args, streaming=True) as client:
+
+        def open_stream() -> AsyncGenerator[pb.WatchForUpdatesResponse, None]:
+            return client.server_stream(
+                SERVICE + "WatchForUpdates",
+                request,
+                pb.WatchForUpdatesResponse,
+                timeout_ms=_timeout_ms(args),
+            )
+
         error: RpcError | None = None
         async with trio.open_nursery() as nursery:
             if live:
@@ -320,7 +326,7 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             # Errors are carried out of the nursery by hand: raised inside it they would
             # arrive wrapped in an ExceptionGroup.
             try:
-                await _follow_with_reconnects(client, request, args, state, screen, out)
+                await follow_watch(open_stream, state, sink, until_done=args.until_done)
             except RpcError as exc:
                 error = exc
             finally:
@@ -332,69 +338,6 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-async def _follow_with_reconnects(
-    client: ConnectClient,
-    request: pb.WatchForUpdatesRequest,
-    args: argparse.Namespace,
-    state: WatchState,
-    screen: Screen,
-    out: TextIO,
-) -> None:
-    """Follow the stream; after an UNAVAILABLE on a stream that had synced, reconnect
-    with backoff and rebuild from the new snapshot, as the contract asks of clients. A
-    server that never answered fails at once (a typo in --url should not hang)."""
-    ever_synced = False
-    failures = 0
-    while True:
-        try:
-            await _follow(client, request, args, state, screen, out)
-            return  # the server ended the stream, or --until-done was met
-        except RpcError as exc:
-            if state.synced:
-                ever_synced, failures = True, 0
-            if exc.code is not Code.UNAVAILABLE or not ever_synced:
-                raise
-            if failures >= WATCH_MAX_RECONNECTS:
-                raise
-            failures += 1
-            state.resync()
-            await trio.sleep(min(5.0, 0.25 * 2**failures))
-
-
-async def _follow(
-    client: ConnectClient,
-    request: pb.WatchForUpdatesRequest,
-    args: argparse.Namespace,
-    state: WatchState,
-    screen: Screen,
-    out: TextIO,
-) -> None:
-    stream = client.server_stream(
-        SERVICE + "WatchForUpdates",
-        request,
-        pb.WatchForUpdatesResponse,
-        timeout_ms=_timeout_ms(args),
-    )
-    async with aclosing(stream) as responses:  # type: ignore[type-var]
-        async for response in responses:
-            now = time.monotonic()
-            was_synced = state.synced
-            changed = state.apply(response, now)
-            if args.json:
-                out.write(json_format.MessageToJson(response, indent=None) + "\n")
-                out.flush()
-            elif changed and screen.live and state.synced:
-                screen.draw(state, now)  # (the ticker shows progress while loading)
-            elif changed and not was_synced and state.synced:
-                screen.draw(state, now)  # the snapshot, once
-            elif changed and state.synced and response.WhichOneof("message") == "action_update":
-                row = state.children.get(response.action_update.action_id.name)
-                if row is not None:
-                    screen.event(row)
-            if args.until_done and state.done():
-                return
-
-
 async def _tick(screen: Screen, state: WatchState) -> None:
     """Keep the elapsed times moving on a terminal."""
     while True:
@@ -402,7 +345,7 @@ async def _tick(screen: Screen, state: WatchState) -> None:
         screen.draw(state, time.monotonic())
 
 
-COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], Any]]] = {
+COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], Awaitable[int]]]] = {
     "enqueue": cmd_enqueue,
     "update": cmd_update,
     "abort": cmd_abort,
@@ -422,7 +365,7 @@ async def run_client_command_async(
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        return int(await COMMANDS[args.client_command](args, out))
+        return await COMMANDS[args.client_command](args, out)
     except UsageError as exc:
         err.write(f"error: {Code.INVALID_ARGUMENT.connect_name}: {exc}\n")
         return EXIT_USAGE
@@ -474,7 +417,7 @@ def _common(timeout: float | None) -> argparse.ArgumentParser:
     return common
 
 
-def add_client_commands(subparsers: Any) -> None:
+def add_client_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add enqueue, update, abort, signal and watch to an argparse ``add_subparsers()``.
 
     Each sets ``client_command``; pass the parsed namespace to ``run_client_command``.

@@ -15,6 +15,7 @@ from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import objects, phases, timefmt
@@ -49,7 +50,15 @@ def set_phase(status: Status, phase: phases.Phase, now: str, *, message: str = "
 
 
 def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) -> Status | None:
-    """The status after an ``Update``; see the contract's Update section."""
+    """The status after an ``Update``, or None when it changes nothing.
+
+    An unknown phase is INVALID_ARGUMENT. An attempt older than the attempts already
+    recorded is FAILED_PRECONDITION (a superseded executor). A terminal phase is final:
+    repeating it, or leaving the phase unset, is a no-op; moving elsewhere is
+    FAILED_PRECONDITION. Otherwise the phase moves (unset keeps the current one), the
+    attempt count only grows, and the cache status and the optional start time, end
+    time and duration replace what was stored.
+    """
     stored: Status = obj.get("status") or {}
     current = objects.phase_of_object(obj)
     stored_attempts = int(stored.get("attempts") or 0)
@@ -120,17 +129,27 @@ def signal_kind(value: Literal) -> str | None:
 
 
 def same_signal(a: Literal, b: Literal) -> bool:
+    """Both literals hold the same primitive member with the same value."""
     pa, pb = a.scalar.primitive, b.scalar.primitive
     kind = pa.WhichOneof("value")
-    return kind == pb.WhichOneof("value") and getattr(pa, kind) == getattr(pb, kind)
+    if kind is None or kind != pb.WhichOneof("value"):
+        return False
+    return bool(getattr(pa, kind) == getattr(pb, kind))
 
 
 def apply_signal(
     obj: objects.KubeObject,
     value: Literal,
-    signalled_by: Any | None,
+    signalled_by: Message | None,
 ) -> Status | None:
-    """The status after a ``Signal``; see the contract's Signal section."""
+    """The status after a ``Signal``, or None when it changes nothing.
+
+    Only a condition action takes a signal (else FAILED_PRECONDITION), and only a
+    concrete bool, int, float or string literal of the condition's declared simple type
+    (else INVALID_ARGUMENT). The same value again is a no-op; another value, or a signal
+    to a condition already terminal, is FAILED_PRECONDITION. The signal records the
+    value, when and (if known) by whom, and makes the condition SUCCEEDED.
+    """
     spec = obj.get("spec") or {}
     if spec.get("actionType") != objects.TYPE_CONDITION:
         raise RpcError(Code.FAILED_PRECONDITION, "action is not a condition")

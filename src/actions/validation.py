@@ -16,8 +16,12 @@ _validator = protovalidate.Validator()
 
 
 def field_path(violation: protovalidate.Violation) -> str:
+    """``a.b[0].c``; empty for a rule on the message itself, which names no field."""
+    path = violation.proto.field
+    if path is None:
+        return ""
     parts: list[str] = []
-    for element in violation.proto.field.elements:
+    for element in path.elements:
         name = element.field_name
         subscript = element.subscript  # a repeated index or map key, when present
         if subscript is not None:

@@ -1,8 +1,9 @@
 """The ``watch`` view: what a watcher knows (``WatchState``) and how it is shown.
 
 Pure state and text (``render_table`` takes the state and a clock and returns text) plus
-``Screen``, which writes it to a stream; no networking, so it is tested without a server
-or a terminal. ``actions.client_cli`` drives it from the WatchForUpdates stream.
+``Screen``, which writes it to a stream, and the two ways ``actions-service watch`` shows
+a stream (``TableView``, ``JsonLines``); no networking, so it is tested without a server
+or a terminal. ``actions.watch_follow`` feeds it from the WatchForUpdates stream.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Final, TextIO
+from typing import Final, TextIO
 
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
+from flyteidl2.workflow.state_service_pb2 import ActionUpdate
+from google.protobuf import json_format
 
 from actions.phases import TERMINAL as TERMINAL_PHASES
 from actions.phases import name as phase_name
@@ -87,7 +90,7 @@ class WatchState:
         )
 
 
-def _note(update: Any) -> str:
+def _note(update: ActionUpdate) -> str:
     if update.HasField("error") and (update.error.message or update.error.code):
         return f"error: {update.error.code} {update.error.message}".strip()
     if update.HasField("value"):
@@ -98,7 +101,7 @@ def _note(update: Any) -> str:
     return update.output_uri
 
 
-_COLOURS: Final = {
+_COLOURS: Final[dict[int, str]] = {
     phase_pb2.ACTION_PHASE_QUEUED: "34",  # blue
     phase_pb2.ACTION_PHASE_WAITING_FOR_RESOURCES: "34",
     phase_pb2.ACTION_PHASE_INITIALIZING: "36",  # cyan
@@ -186,6 +189,51 @@ class Screen:
         """Non-live mode: one line per child change after the snapshot."""
         stamp = time.strftime("%H:%M:%S")
         self.out.write(f"{stamp} {row.name} {phase_name(row.phase)} {row.note}".rstrip() + "\n")
+        self.out.flush()
+
+
+class TableView:
+    """Shows a watch as a table: redrawn on every change on a terminal; otherwise the
+    snapshot once, then one line per child change."""
+
+    def __init__(self, screen: Screen) -> None:
+        self.screen = screen
+
+    def show(
+        self,
+        response: pb.WatchForUpdatesResponse,
+        state: WatchState,
+        *,
+        changed: bool,
+        was_synced: bool,
+        now: float,
+    ) -> None:
+        if not changed or not state.synced:
+            return  # (on a terminal the ticker shows progress while loading)
+        if self.screen.live or not was_synced:
+            self.screen.draw(state, now)  # a terminal, or the snapshot once
+        elif response.WhichOneof("message") == "action_update":
+            row = state.children.get(response.action_update.action_id.name)
+            if row is not None:
+                self.screen.event(row)
+
+
+class JsonLines:
+    """Shows a watch as the raw responses, one proto-JSON object per line."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def show(
+        self,
+        response: pb.WatchForUpdatesResponse,
+        state: WatchState,
+        *,
+        changed: bool,
+        was_synced: bool,
+        now: float,
+    ) -> None:
+        self.out.write(json_format.MessageToJson(response, indent=None) + "\n")
         self.out.flush()
 
 

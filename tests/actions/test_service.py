@@ -1,4 +1,4 @@
-"""The contract (shared/reference/actions-contract.md), line by line.
+"""The service's promises (docs/contract.md), section by section.
 
 Every test body runs on both backends (the embedded store, and the Kubernetes store on the
 API emulator), calling the handlers directly and over the wire through connect_proto's
