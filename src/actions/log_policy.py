@@ -5,8 +5,8 @@ Two filters for the log handler ``actions-service serve`` installs:
 - ``TracebacksAtDebug``: a record logged with a traceback (``log.exception``) keeps
   its message and gains the exception's one-line summary; the traceback itself is
   printed only when the log level is DEBUG.
-- ``RepeatLimiter``: a warning or error that repeats (same logger, same message
-  template) is shown once per ``window`` seconds; the next one shown says how many
+- ``RepeatLimiter``: a warning or error that repeats (same logger, level and text) is
+  shown once per ``window`` seconds; the next one shown says how many
   were left out. A failure that recurs every second (a change stream restarting on a
   broken store, a watch retrying an API server) then costs one line a minute.
 """
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 DEFAULT_WINDOW: Final = 60.0
+MAX_REMEMBERED: Final = 1000  # distinct lines remembered for the window
 
 
 def exception_summary(exc: BaseException) -> str:
@@ -55,18 +56,20 @@ class RepeatLimiter(logging.Filter):
         super().__init__()
         self._window = window
         self._clock = clock
-        # (logger, level, template) -> (when last shown, how many left out since)
+        # (logger, level, text) -> (when last shown, how many left out since)
         self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, record.getMessage())
         now = self._clock()
         shown = self._seen.get(key)
         if shown is not None and now - shown[0] < self._window:
             self._seen[key] = (shown[0], shown[1] + 1)
             return False
+        if len(self._seen) >= MAX_REMEMBERED:
+            self._forget(now)
         self._seen[key] = (now, 0)
         if shown is not None and shown[1]:
             left_out = f"{shown[1]} more like it in the last {now - shown[0]:.0f}s"
@@ -74,11 +77,19 @@ class RepeatLimiter(logging.Filter):
             record.args = None
         return True
 
+    def _forget(self, now: float) -> None:
+        """Drop what is older than the window (distinct lines must not grow memory)."""
+        for key, (shown, _) in list(self._seen.items()):
+            if now - shown >= self._window:
+                del self._seen[key]
+        if len(self._seen) >= MAX_REMEMBERED:
+            self._seen.clear()
+
 
 def install(handler: logging.Handler, *, window: float = DEFAULT_WINDOW) -> None:
     """Both filters on ``handler``; DEBUG is judged from the root logger's level."""
     root = logging.getLogger()
-    handler.addFilter(RepeatLimiter(window))  # first: it keys on the unformatted message
+    handler.addFilter(RepeatLimiter(window))  # first: the traceback summary varies
     handler.addFilter(TracebacksAtDebug(lambda: root.isEnabledFor(logging.DEBUG)))
 
 

@@ -34,7 +34,7 @@ from typing import Final, Literal, TypeVar
 import trio
 
 from actions.store.base import KubeObject, PropagationPolicy, Store, WatchEvent
-from actions.store.errors import StoreError, StoreUnavailable
+from actions.store.errors import Gone, Invalid, StoreError, StoreUnavailable
 
 log = logging.getLogger("actions.store_health")
 
@@ -51,8 +51,9 @@ class _Failing:
     message: str
     first: float
     last: float
-    count: int = 1  # failures since the last log line
-    logged: float = 0.0
+    logged: float  # when it was last logged
+    count: int = 0  # failures since then
+    total: int = 1
 
 
 class ObservedStore:
@@ -84,8 +85,8 @@ class ObservedStore:
     def _succeeded(self, kind: Kind) -> None:
         failing = self._failing.pop(kind, None)
         if failing is not None:
-            log.warning("%s: %ss work again (after %d failures)", self.label, kind,
-                        failing.count)  # fmt: skip
+            log.info("%s: %ss work again (after %d failures)", self.label, kind,
+                     failing.total)  # fmt: skip
 
     def _failed(self, kind: Kind, exc: BaseException) -> None:
         if self._closed:
@@ -94,12 +95,13 @@ class ObservedStore:
         message = str(exc) or type(exc).__name__
         failing = self._failing.get(kind)
         if failing is None:
-            self._failing[kind] = _Failing(message, now, now, logged=now)
+            self._failing[kind] = _Failing(message, now, now, now)
             log.error("%s cannot %s: %s", self.label, kind, message)
             return
         failing.last = now
         failing.message = message
         failing.count += 1
+        failing.total += 1
         if now - failing.logged >= self._log_every:
             log.error("%s still cannot %s (%d failures in %.0fs): %s", self.label, kind,
                       failing.count, now - failing.logged, message)  # fmt: skip
@@ -168,11 +170,13 @@ class ObservedStore:
         except StoreUnavailable as exc:
             await self._stream_failed(exc, started)
             raise
-        except StoreError:
-            raise  # Gone, Invalid: the caller re-lists
-        except Exception as exc:
+        except (Gone, Invalid):
+            raise  # the caller re-lists
+        except Exception as exc:  # NotFound here: the resource type itself is gone
             await self._stream_failed(exc, started)
-            raise StoreUnavailable(f"{self.label}: change stream failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"{self.label}: change stream failed: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _stream_failed(self, exc: BaseException, started: float) -> None:
         if self._closed:

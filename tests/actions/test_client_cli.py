@@ -369,9 +369,7 @@ async def test_follow_watch_gives_up_after_failures_in_a_row(
 ) -> None:
     policy = ReconnectPolicy(max_reconnects=3)
     # Synced once, then every reconnect fails before its snapshot.
-    streams = ScriptedStreams(
-        [A0, SENTINEL, GONE], *([GONE] for _ in range(policy.max_reconnects))
-    )
+    streams = ScriptedStreams([A0, SENTINEL, GONE], *([GONE] for _ in range(policy.max_reconnects)))
     state = watch_view.WatchState(run="r", parent="a0", started=0.0)
     with pytest.raises(RpcError) as info:
         await follow_watch(streams, state, Recorder(), policy=policy)
