@@ -27,7 +27,7 @@ import trio
 from actions import app as app_module
 from actions import config as config_module
 from actions import log_policy
-from actions.cli_parsing import SuggestingParser, link_tree, upper
+from actions.cli_parsing import SuggestingParser, upper
 from actions.client_cli import (
     CLIENT_COMMANDS,
     EXIT_CODES_HELP,
@@ -65,6 +65,8 @@ def _default_text(key: config_module.Key) -> str:
     if key.attr == "data_dir":
         return "$XDG_DATA_HOME/actions-service"
     value = getattr(config_module.Config(), key.attr)
+    if isinstance(value, bool):
+        return str(value).lower()
     return "none" if value is None else str(value)
 
 
@@ -130,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print a completion script: source <(actions-service completion bash)",
     )
     completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
-    return link_tree(parser)
+    return parser
 
 
 def _config(args: argparse.Namespace) -> config_module.Config:

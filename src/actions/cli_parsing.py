@@ -2,9 +2,9 @@
 choices, defaults in ``--help``.
 
 ``SuggestingParser.error`` adds "did you mean ...?" to argparse's "invalid choice" and
-"unrecognized arguments" messages, drawing candidates from the whole command tree (the
-top-level parser reports a subcommand's unknown flags). Errors exit with status 2, as
-argparse's always do.
+"unrecognized arguments" messages, drawing candidates from the subcommand the command
+line chose (the top-level parser is the one that reports a subcommand's unknown flags).
+Errors exit with status 2, as argparse's always do.
 """
 
 from __future__ import annotations
@@ -12,29 +12,28 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Sequence
 from typing import NoReturn
 
 
-def walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    """``parser`` and every subcommand parser below it."""
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in dict.fromkeys(action.choices.values()):
-                yield from walk(sub)
-
-
 def _candidates(parser: argparse.ArgumentParser) -> list[str]:
+    """The flags, subcommands and choices ``parser`` itself knows."""
     words: list[str] = []
-    for each in walk(parser):
-        for action in each._actions:
-            words.extend(action.option_strings)
-            if isinstance(action, argparse._SubParsersAction):
-                words.extend(action.choices)
-            elif action.choices is not None:
-                words.extend(str(choice) for choice in action.choices)
+    for action in parser._actions:
+        words.extend(action.option_strings)
+        if action.choices is not None:
+            words.extend(str(choice) for choice in action.choices)
     return list(dict.fromkeys(words))
+
+
+def _innermost(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)command parser the words in ``argv`` select."""
+    for word in argv:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and word in action.choices:
+                return _innermost(action.choices[word], argv[argv.index(word) + 1 :])
+    return parser
 
 
 def suggestion(word: str, candidates: list[str]) -> str | None:
@@ -46,11 +45,19 @@ def suggestion(word: str, candidates: list[str]) -> str | None:
 class SuggestingParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors suggest the nearest known word."""
 
-    root: argparse.ArgumentParser | None = None  # set on subparsers: the whole tree
+    argv: list[str] | None = None  # what parse_known_args was given
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
-        tree = self.root or self
-        candidates = _candidates(tree)
+        # The top-level parser reports a subcommand's unknown flags: suggest from the
+        # subcommand the words chose; a subparser's own errors, from itself.
+        context = _innermost(self, self.argv) if self.argv is not None else self
+        candidates = _candidates(context)
         hints: list[str] = []
         choice = re.search(r"invalid choice: '([^']*)'", message)
         if choice:
@@ -69,17 +76,9 @@ class SuggestingParser(argparse.ArgumentParser):
         super().error(message)
 
 
-def link_tree(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Let every SuggestingParser in the tree suggest from the whole tree."""
-    for each in walk(parser):
-        if isinstance(each, SuggestingParser) and each is not parser:
-            each.root = parser
-    return parser
-
-
 def upper(text: str) -> str:
     """An argparse ``type`` for case-blind upper-case choices (``--log-level debug``)."""
     return text.strip().upper()
 
 
-__all__ = ["SuggestingParser", "link_tree", "suggestion", "upper", "walk"]
+__all__ = ["SuggestingParser", "suggestion", "upper"]

@@ -45,7 +45,7 @@ from flyteidl2.workflow import run_definition_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from actions.cli_parsing import SuggestingParser, link_tree
+from actions.cli_parsing import SuggestingParser
 from actions.phases import name as phase_name
 from actions.watch_follow import OpenStream, follow_watch
 from actions.watch_view import JsonLines, Screen, TableView, WatchState
@@ -196,12 +196,13 @@ def build_enqueue(args: argparse.Namespace) -> pb.EnqueueRequest:
             return json_format.Parse(_read_json_file(args.file), pb.EnqueueRequest())
         except json_format.ParseError as exc:
             raise UsageError(f"{args.file}: {exc}") from None
-    # A condition has no inputs: it waits for a signal.
+    # A condition has no inputs (it waits for a signal), but the IDL wants a non-empty
+    # input_uri on every action: unless given, it is the run's output base.
     needed = ("run_output_base",) if args.type == "condition" else ("input_uri", "run_output_base")
     _require(args, (*IDENTITY, "action", *needed))
     action = pb.Action(
         action_id=action_id(args, args.action),
-        input_uri=args.input_uri or "",
+        input_uri=args.input_uri or args.run_output_base,
         run_output_base=args.run_output_base,
         group=args.group or "",
     )
@@ -521,7 +522,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     enqueue.add_argument("--parent", help="parent action name (omit for a root action)")
     enqueue.add_argument("--type", choices=("task", "trace", "condition"), default="task",
                          help="kind of action (default task)")  # fmt: skip
-    enqueue.add_argument("--input-uri", help="where the action's inputs are (not for conditions)")
+    enqueue.add_argument("--input-uri", help="where the action's inputs are (a condition "
+                         "needs none: default --run-output-base)")  # fmt: skip
     enqueue.add_argument("--run-output-base", help="base URI of the run's outputs")
     enqueue.add_argument("--group", help="group name shown with the action (optional)")
     enqueue.add_argument("--name", help="trace or condition name (default: the action name)")
@@ -582,7 +584,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_client_commands(top.add_subparsers(dest="command", required=True))
-    return link_tree(top)
+    return top
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
