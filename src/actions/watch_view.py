@@ -320,6 +320,7 @@ class TableView:
     def __init__(self, screen: Screen) -> None:
         self.screen = screen
         self._drew_table = False
+        self._events = 0  # lines printed since the table
 
     def show(
         self,
@@ -344,6 +345,7 @@ class TableView:
             row = state.children.get(response.action_update.action_id.name)
             if row is not None:
                 self.screen.event(row)
+                self._events += 1
 
     def lost(self, state: WatchState, error: Exception, now: float) -> None:
         if self.screen.live:
@@ -360,6 +362,8 @@ class TableView:
         if not self._drew_table and state.synced:
             self.screen.draw(state, now)
             return
+        if not self._events:
+            return  # the table printed is the final state already
         counts = state.counts()
         summary = "  ".join(f"{phase_name(p)} {counts[p]}" for p in sorted(counts))
         self.screen.line(f"children {len(state.children)}: {summary or 'none'}")
