@@ -86,9 +86,18 @@ class RepeatLimiter(logging.Filter):
             self._seen.clear()
 
 
+# Libraries that log every retry of a request the store then reports as one failure.
+RETRY_LOGGERS: Final = ("urllib3.connectionpool",)
+
+
 def install(handler: logging.Handler, *, window: float = DEFAULT_WINDOW) -> None:
-    """Both filters on ``handler``; DEBUG is judged from the root logger's level."""
+    """Both filters on ``handler``; DEBUG is judged from the root logger's level. Below
+    DEBUG, the HTTP client's per-retry warnings are left out too: the Kubernetes store
+    says once that the API server is unreachable, naming it."""
     root = logging.getLogger()
+    if not root.isEnabledFor(logging.DEBUG):
+        for name in RETRY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     handler.addFilter(RepeatLimiter(window))  # first: the traceback summary varies
     handler.addFilter(TracebacksAtDebug(lambda: root.isEnabledFor(logging.DEBUG)))
 

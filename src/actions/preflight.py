@@ -183,7 +183,7 @@ def check_kubernetes(
             return _unclear_answer(exc, where)
         resources = None
     except Exception as exc:  # urllib3 or OSError: not reachable; the store retries
-        return f"{where} unreachable: {type(exc).__name__}: {exc}"
+        return f"{where} unreachable: {_transport_reason(exc)}"
     if resources is None or CRD_PLURAL not in {r.name for r in resources.resources or []}:
         raise StartupError(
             f"CRD {CRD_NAME} is not installed on {where} (apply k8s/crd.yaml, or check "
@@ -199,8 +199,18 @@ def check_kubernetes(
             f"{where} (the service never creates namespaces)"
         ) from None
     except Exception as exc:
-        return f"{where} unreachable: {type(exc).__name__}: {exc}"
+        return f"{where} unreachable: {_transport_reason(exc)}"
     return None
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """urllib3 wraps the cause in MaxRetryError(reason=...); the cause says it best."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        text = str(reason)
+        # "HTTPConnection(host=..., port=...): Failed to establish ...": keep the cause.
+        return text.split("): ", 1)[-1] if "): " in text else text
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _unclear_answer(exc: Any, where: str) -> str | None:

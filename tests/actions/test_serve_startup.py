@@ -211,3 +211,23 @@ def test_runtime_failure_exits_1_with_one_line(
     assert code == 1
     assert lines == [line for line in lines if "Traceback" not in line]
     assert lines[-1].endswith("actions-service failed: RuntimeError: the fan-out fell over")
+
+
+def test_unreachable_api_server_is_not_a_start_up_error() -> None:
+    """Out of reach, the API server cannot say what is missing: the service starts, not
+    ready, and the warning names the server and the cause in one line."""
+    from kubernetes import client
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    configuration = client.Configuration()
+    configuration.host = f"http://127.0.0.1:{port}"
+    api = client.ApiClient(configuration)
+    try:
+        problem = preflight.check_kubernetes("X", api, "flyte", (1.0, 1.0))
+    finally:
+        api.close()
+    assert problem is not None
+    assert problem.startswith("API server X unreachable: ") and "refused" in problem
+    assert "HTTPConnectionPool" not in problem
