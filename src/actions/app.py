@@ -9,12 +9,21 @@ One port serves:
 - plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running,
   not shutting down) and ``/metrics`` (Prometheus), also open.
 
-The store is opened and the fan-out started in the app's lifespan, before hypercorn
-answers anything: a watch is only answered once the fan-out follows the store's change
-stream, so no change written after a watch's snapshot can be missed. The Kubernetes store
-is opened without waiting for its first list (``wait_for_sync=False``), so that the
-process is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line)
-while the API server is slow or away, instead of crash-looping.
+``serve`` starts in an order that creates nothing before the configuration is known to
+work: it binds the port, checks the store's location (``actions.preflight``: data
+directory and database file; kubeconfig, CRD and namespace) and opens the store, each
+failure a ``StartupError`` of one line; then hypercorn runs the app. The fan-out is
+started in the app's lifespan (which opens the store itself when nobody did before),
+before hypercorn answers anything: a watch is only answered once the fan-out follows the
+store's change stream, so no change written after a watch's snapshot can be missed. The
+Kubernetes store is opened without waiting for its first list (``wait_for_sync=False``),
+so that the process is alive (``/healthz``) and says why it is not ready (``/readyz``, a
+log line) while the API server is slow or away, instead of crash-looping; it never
+creates the namespace.
+
+The service and the fan-out use the store through ``ObservedStore``, so that a store
+that stops reading or writing (a truncated database, a full disk) makes ``/readyz`` say
+so and is logged once, not once per request.
 
 Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto.serve`` when it is
 cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE (its
