@@ -152,6 +152,9 @@ async def open_kubernetes_store(config: Config) -> Store:
         )
     log.info("kubernetes: API server %s, context %s, namespace %s",
              configuration.host, context, config.namespace)  # fmt: skip
+    # One try: an API server out of reach is not a reason to delay start-up (the store
+    # retries in the background, and /readyz says why it is not ready meanwhile).
+    configuration.retries = 0
     api_client = client.ApiClient(configuration)
     try:
         problem = await trio.to_thread.run_sync(

@@ -29,7 +29,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import trio
 
@@ -194,6 +194,11 @@ class ObservedStore:
     async def aclose(self) -> None:
         self._closed = True
         await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        # What the Store interface does not name (a backend's extras, or methods added
+        # to the interface later) passes through, unobserved.
+        return getattr(self.inner, name)
 
 
 def _check_protocol(store: ObservedStore) -> Store:
