@@ -51,7 +51,8 @@ def _bind_reason(exc: OSError) -> str:
 def bind_error(host: str, port: int, exc: OSError) -> StartupError:
     """``cannot listen on 127.0.0.1:8091: address already in use ...``."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    key = "actions.server.host" if isinstance(exc, socket.gaierror) else "actions.server.port"
+    host_problem = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+    key = "actions.server.host" if host_problem else "actions.server.port"
     return StartupError(f"{key}: cannot listen on {where}: {_bind_reason(exc)}")
 
 

@@ -146,6 +146,10 @@ def test_bind_errors_name_the_cause() -> None:
     assert "permission denied" in str(
         preflight.bind_error("0.0.0.0", 80, OSError(errno.EACCES, "Permission denied"))
     )
+    elsewhere = preflight.bind_error("10.9.9.9", 1, OSError(errno.EADDRNOTAVAIL, "Cannot assign"))
+    assert str(elsewhere) == (
+        "actions.server.host: cannot listen on 10.9.9.9:1: the address is not one of this machine's"
+    )
     unknown = preflight.bind_error("nohost.invalid", 1, socket.gaierror(-2, "Name unknown"))
     assert str(unknown).startswith("actions.server.host: cannot listen on nohost.invalid:1")
 
