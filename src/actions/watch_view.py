@@ -239,8 +239,7 @@ def render_table(
     parts = [(f"{phase_name(phase)} {counts[phase]}", phase) for phase in sorted(counts)]
     plain_counts = "  ".join(text for text, _ in parts)
     if not parts:
-        lines.append(clip("no children yet" if state.synced or not state.reconnecting
-                          else "", width))  # fmt: skip
+        lines.append(clip(_no_children(state), width))
     elif len(plain_counts) <= width:
         lines.append("  ".join(_paint(text, phase, color) for text, phase in parts))
     else:
@@ -257,6 +256,14 @@ def render_table(
         if len(shown) < len(rows):
             lines.append(clip(f"… {len(rows) - len(shown)} more", width))
     return "\n".join(lines) + "\n"
+
+
+def _no_children(state: WatchState) -> str:
+    if not state.synced:
+        return "no children yet"
+    if state.parent_phase is not None and state.parent_phase in TERMINAL_PHASES:
+        return "no children"
+    return "no children yet; waiting for them (Ctrl-C to stop)"
 
 
 def _row_line(row: ChildRow, now: float, name_w: int, phase_w: int, width: int,

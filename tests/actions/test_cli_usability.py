@@ -236,6 +236,7 @@ def test_a_leaf_is_done_when_it_is_terminal() -> None:
     state.apply(_update("a0", P.ACTION_PHASE_RUNNING), 0.0)
     state.apply(SENTINEL, 0.0)
     assert not state.done() and not state.parent_missing()
+    assert "no children yet; waiting for them (Ctrl-C to stop)" in render_table(state, 1.0)
     leaf = WatchState(run="r", parent="a0", started=0.0)
     leaf.apply(_update("a0", P.ACTION_PHASE_SUCCEEDED), 0.0)
     leaf.apply(SENTINEL, 0.0)
@@ -261,7 +262,7 @@ async def test_watch_until_done_of_a_finished_leaf_exits() -> None:
         with trio.fail_after(10):
             code, out, err = await run(url, "watch", "a0", *RUN, "--until-done")
     assert (code, err) == (0, "")
-    assert "parent a0 (SUCCEEDED)" in out and "no children yet" in out
+    assert "parent a0 (SUCCEEDED)" in out and "\nno children\n" in out
 
 
 async def test_aborting_the_watched_parent_ends_the_watch() -> None:
