@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Final, TextIO
@@ -282,7 +283,7 @@ def _row_line(row: ChildRow, now: float, name_w: int, phase_w: int, width: int,
 
 # --------------------------------------------------------------------------- output
 
-NOT_A_TERMINAL_WIDTH: Final = 200  # lines written to a file or pipe are cut here
+NOT_A_TERMINAL_WIDTH: Final = sys.maxsize  # lines written to a file or pipe are not cut
 
 
 class Screen:
