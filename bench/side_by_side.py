@@ -157,7 +157,7 @@ class Proc:
                 self.proc.wait(5)
 
 
-def start(name: str, workdir: Path) -> Proc:
+def start(name: str, workdir: Path, ours_python: str = sys.executable) -> Proc:
     port = free_port()
     toml = workdir / "hypercorn.toml"
     toml.write_text(HYPERCORN_TOML)
@@ -418,6 +418,12 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="one round, one rate, no idle phase")
     ap.add_argument("--servers", default="ours,official", help="which to run phases 2-5 on")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--ours-python",
+        default=sys.executable,
+        help="the python whose actions-service runs as 'ours' (another checkout's venv: "
+        "before/after comparisons)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.rates, args.idle_streams = 1, "500", 0
@@ -428,7 +434,7 @@ def main() -> int:
     servers: dict[str, Proc] = {}
     try:
         for name in ("ours", "official", "bare"):
-            servers[name] = start(name, workdir)
+            servers[name] = start(name, workdir, args.ours_python)
         print("Update (h2load rounds) ...", file=sys.stderr)
         update = update_phase(servers, workdir, args)
         servers.pop("bare").stop()
