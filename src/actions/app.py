@@ -9,12 +9,21 @@ One port serves:
 - plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running,
   not shutting down) and ``/metrics`` (Prometheus), also open.
 
-The store is opened and the fan-out started in the app's lifespan, before hypercorn
-answers anything: a watch is only answered once the fan-out follows the store's change
-stream, so no change written after a watch's snapshot can be missed. The Kubernetes store
-is opened without waiting for its first list (``wait_for_sync=False``), so that the
-process is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line)
-while the API server is slow or away, instead of crash-looping.
+``serve`` starts in an order that creates nothing before the configuration is known to
+work: it binds the port, checks the store's location (``actions.preflight``: data
+directory and database file; kubeconfig, CRD and namespace) and opens the store, each
+failure a ``StartupError`` of one line; then hypercorn runs the app. The fan-out is
+started in the app's lifespan (which opens the store itself when nobody did before),
+before hypercorn answers anything: a watch is only answered once the fan-out follows the
+store's change stream, so no change written after a watch's snapshot can be missed. The
+Kubernetes store is opened without waiting for its first list (``wait_for_sync=False``),
+so that the process is alive (``/healthz``) and says why it is not ready (``/readyz``, a
+log line) while the API server is slow or away, instead of crash-looping; it never
+creates the namespace.
+
+The service and the fan-out use the store through ``ObservedStore``, so that a store
+that stops reading or writing (a truncated database, a full disk) makes ``/readyz`` say
+so and is logged once, not once per request.
 
 Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto.serve`` when it is
 cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE (its
@@ -26,22 +35,29 @@ and closes the store.
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
 from google.protobuf.descriptor import ServiceDescriptor
+from hypercorn.config import Sockets
 from prometheus_client import CollectorRegistry
 
+from actions import preflight
 from actions.config import Config
 from actions.console.service import SERVICE_DESCRIPTOR as CONSOLE_SERVICE  # console
 from actions.console.service import ConsoleService  # console
 from actions.console.static import static_routes  # console
 from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
+from actions.preflight import StartupError
 from actions.service import SERVICE_DESCRIPTOR, ActionsService
 from actions.store.base import Store
+from actions.store.errors import StoreError
+from actions.store_health import ObservedStore
 from connect_proto import (
     HEALTH_SERVICE,
     NOT_SERVING,
@@ -78,9 +94,17 @@ HEALTH_POLL_SECONDS: Final = 0.5
 
 
 async def open_embedded_store(config: Config) -> Store:
+    """The SQLite store in the data directory, after checking (without creating
+    anything) that the directory and the database file are usable."""
     from actions.store.embedded import EmbeddedStore
 
-    store = await EmbeddedStore.open(config.resolved_data_dir(), config.namespace)
+    data_dir = config.resolved_data_dir()
+    database = data_dir / f"{config.namespace}.sqlite3"
+    await trio.to_thread.run_sync(preflight.check_data_dir, data_dir, database)
+    try:
+        store = await EmbeddedStore.open(data_dir, config.namespace)
+    except (OSError, sqlite3.Error, StoreError) as exc:
+        raise StartupError(preflight.describe_open_error(database, exc)) from exc
     log.info("embedded store: %s", store.path)
     return store
 
@@ -92,6 +116,12 @@ async def open_memory_store(config: Config) -> Store:
 
 
 async def open_kubernetes_store(config: Config) -> Store:
+    """The TaskAction store, after checking that the kubeconfig works, that the API
+    server serves the CRD and that the namespace exists (never creating it). An API
+    server out of reach is not an error: the service starts, not ready, and says why."""
+    from kubernetes import client
+
+    from actions.store._kube_client import load_configuration
     from actions.store.kubernetes import ClientSettings, KubernetesStore
 
     settings = ClientSettings(
@@ -104,14 +134,61 @@ async def open_kubernetes_store(config: Config) -> Store:
         request_timeout=config.kube_request_timeout,
         watch_timeout=config.kube_watch_timeout,
     )
+    try:
+        configuration = await trio.to_thread.run_sync(load_configuration, settings)
+    except StoreError as exc:
+        where = (
+            "in-cluster service account"
+            if config.in_cluster
+            else (
+                f"kubeconfig {settings.kubeconfig or '~/.kube/config'}"
+                + (f", context {config.kube_context!r}" if config.kube_context else "")
+            )
+        )
+        raise StartupError(f"actions.kubernetes: {where}: {exc}") from exc
+    if config.in_cluster or (config.in_cluster is None and settings.kubeconfig is None
+                             and "KUBERNETES_SERVICE_HOST" in os.environ):  # fmt: skip
+        context = "in-cluster"
+    else:
+        context = await trio.to_thread.run_sync(
+            preflight.kube_context_name, settings.kubeconfig, settings.context
+        )
+    log.info("kubernetes: API server %s, context %s, namespace %s",
+             configuration.host, context, config.namespace)  # fmt: skip
+    # One try: an API server out of reach is not a reason to delay start-up (the store
+    # retries in the background, and /readyz says why it is not ready meanwhile).
+    configuration.retries = 0
+    api_client = client.ApiClient(configuration)
+    try:
+        problem = await trio.to_thread.run_sync(
+            preflight.check_kubernetes,
+            f"{configuration.host} (context {context})",
+            api_client,
+            config.namespace,
+            settings.timeouts,
+            abandon_on_cancel=True,
+        )
+    finally:
+        await trio.to_thread.run_sync(api_client.close)
+    if problem is not None:
+        log.warning("%s; starting anyway, not ready until it answers", problem)
     store = await KubernetesStore.open(
         config.namespace,
         settings=settings,
+        create_namespace=False,
         wait_for_sync=False,
     )
     log.info("kubernetes store: namespace %s (the first list runs in the background)",
              config.namespace)  # fmt: skip
     return store
+
+
+def store_label(config: Config, store: Store) -> str:
+    """How log lines and /readyz name the store."""
+    if config.store == "kubernetes":
+        return f"kubernetes store (namespace {config.namespace})"
+    path = getattr(store, "path", None)
+    return "memory store" if path is None else f"embedded store {path}"
 
 
 STORE_OPENERS: Final[dict[str, OpenStore]] = {
@@ -138,7 +215,9 @@ class ActionsApplication:
         config.validate()
         self.config = config
         self._open_store = open_store or STORE_OPENERS[config.store]
+        self._opened: Store | None = None  # opened by ``open_store``, before the lifespan
         self.store: Store | None = None
+        self.observed: ObservedStore | None = None  # what the service and fan-out use
         self.fanout: FanOut | None = None
         self.service = ActionsService(namespace=config.namespace)
         self.console = ConsoleService(lambda: self.store)  # console: the read API
@@ -213,6 +292,22 @@ class ActionsApplication:
         if self.fanout is not None:
             self.fanout.shutdown()
 
+    # -- the store
+
+    async def open_store(self) -> None:
+        """Open the store now, before serving, so that a store that cannot be opened is
+        a start-up error (``StartupError`` naming the path or API server and the
+        cause) rather than a failed lifespan. The lifespan then uses this store;
+        ``close_unused_store`` closes it when the lifespan never ran."""
+        if self._opened is None:
+            self._opened = await self._open_store(self.config)
+
+    async def close_unused_store(self) -> None:
+        store, self._opened = self._opened, None
+        if store is not None:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
     # -- lifespan
 
     @asynccontextmanager
@@ -233,11 +328,15 @@ class ActionsApplication:
         """Open the store, run the fan-out on it, and bind the service; ``started()``
         once watches can be answered. Runs until cancelled, then unbinds and closes."""
         config = self.config
-        store = await self._open_store(config)
+        store, self._opened = self._opened, None
+        if store is None:
+            store = await self._open_store(config)
         self.store = store
+        observed = ObservedStore(store, store_label(config, store))
+        self.observed = observed
         try:
             fanout = FanOut(
-                store,
+                observed,
                 namespace=config.namespace,
                 workers=config.watch_workers,
                 buffer_size=config.watch_buffer_size,
@@ -248,7 +347,7 @@ class ActionsApplication:
                 await nursery.start(fanout.run)
                 if self.app.shutdown.draining:
                     fanout.shutdown()  # stopping already: refuse watches from the start
-                self.service.bind(store, fanout)
+                self.service.bind(observed, fanout)
                 self.fanout = fanout
                 await self._update_health()
                 task_status.started()
@@ -259,9 +358,9 @@ class ActionsApplication:
                     self.service.bind(None, None)
                     self.fanout = None
         finally:
-            self.store = None
+            self.store = self.observed = None
             with trio.CancelScope(shield=True):
-                await store.aclose()
+                await observed.aclose()
             log.info("store closed")
 
     async def _follow_health(self) -> None:
@@ -279,9 +378,9 @@ class ActionsApplication:
     # -- readiness checks
 
     def _store_ready(self) -> bool:
-        if self.store is None:
+        if self.observed is None:
             return False
-        ok, why = self.store.ready()
+        ok, why = self.observed.ready()
         if why != self._store_why:
             # Once per change: a probe every few seconds must not flood the log.
             (log.info if ok else log.warning)("store readiness: %s", why)
@@ -315,6 +414,37 @@ def hypercorn_config(config: Config) -> RpcConfig:
     )
 
 
+class _BoundListener(RpcConfig):
+    """The listener configuration with its sockets bound already (``bind_listener``):
+    hypercorn asks ``create_sockets`` for them after the lifespan started."""
+
+    bound: Sockets | None = None
+
+    def create_sockets(self) -> Sockets:
+        if self.bound is None:
+            return super().create_sockets()
+        sockets, self.bound = self.bound, None
+        return sockets
+
+
+def bind_listener(config: Config, hconfig: RpcConfig) -> _BoundListener:
+    """Bind the port now, before anything else is opened or created; raises
+    ``StartupError`` naming the address and the cause (in use, privileged, not ours)."""
+    listener = _BoundListener()
+    listener.__dict__.update(vars(hconfig))
+    try:
+        listener.bound = hconfig.create_sockets()
+    except OSError as exc:
+        raise preflight.bind_error(config.host, config.port, exc) from None
+    return listener
+
+
+def _close_sockets(sockets: Sockets | None) -> None:
+    if sockets is not None:
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            sock.close()
+
+
 async def serve(
     config: Config,
     *,
@@ -324,11 +454,21 @@ async def serve(
 ) -> None:
     """Serve until cancelled; ``task_status.started`` gets the bound port (useful with
     port 0). On cancellation the watch streams end first, then hypercorn shuts down
-    gracefully and the lifespan closes the store."""
+    gracefully and the lifespan closes the store.
+
+    Start-up runs in the order that creates nothing before the configuration is known
+    to work: bind the port, check and open the store, then answer. Each step that fails
+    raises ``StartupError`` (one line naming the port, path or API server and why)."""
     application = ActionsApplication(config, open_store=open_store)
     hconfig = hypercorn_config(config)
     if graceful_timeout is not None:
         hconfig.graceful_timeout = graceful_timeout
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_asgi, application.app, hconfig)
-        task_status.started(port)
+    listener = bind_listener(config, hconfig)
+    try:
+        await application.open_store()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_asgi, application.app, listener)
+            task_status.started(port)
+    finally:
+        _close_sockets(listener.bound)  # still ours when hypercorn never took them
+        await application.close_unused_store()

@@ -20,7 +20,7 @@ import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 import trio
 from google.protobuf import json_format
@@ -41,6 +41,13 @@ CONSOLE: Final = "/flyte_actions.console.v1.ConsoleService/"
 CONSOLE_COMMANDS: Final = frozenset({"runs", "get"})
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+EXIT_CODES_HELP: Final = """\
+exit status of runs and get:
+  0   done
+  2   bad usage (a flag, a time)
+  10+ an RPC error: 10 + its gRPC code, e.g. 15 not_found, 26 unauthenticated,
+      24 unavailable; one line on stderr says why
+"""
 MAX_PAGES: Final = 10_000  # --all stops here whatever the server says
 FILL_CALLS: Final = 20  # calls to fill one page of filtered runs before saying "more"
 
@@ -285,12 +292,16 @@ def _connection() -> argparse.ArgumentParser:
     return common
 
 
-def add_console_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def add_console_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``runs`` and ``get``; each sets ``console_command`` (see ``run_console_command``)."""
     common = _connection()
-    runs = subparsers.add_parser("runs", parents=[common], help="list runs, newest first")
+    runs = subparsers.add_parser(
+        "runs",
+        parents=[common],
+        help="list runs, newest first",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     runs.add_argument("--phase", action="append", help="root phase, e.g. running (repeatable)")
     runs.add_argument("--since", help="created at or after: RFC 3339 time or age (2h, 7d)")
     runs.add_argument("--before", help="created before: RFC 3339 time or age")
@@ -298,6 +309,12 @@ def add_console_commands(
     runs.add_argument("--page-token", help="go on after a previous page")
     runs.add_argument("--all", action="store_true", help="follow every page")
     runs.set_defaults(console_command="runs")
-    get = subparsers.add_parser("get", parents=[common], help="one run's action tree")
+    get = subparsers.add_parser(
+        "get",
+        parents=[common],
+        help="one run's action tree",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     get.add_argument("run", metavar="RUN", help="run name")
     get.set_defaults(console_command="get")

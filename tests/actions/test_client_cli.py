@@ -183,6 +183,7 @@ def _update(name: str, phase: int, **kw: Any) -> pb.WatchForUpdatesResponse:
 
 
 SENTINEL = pb.WatchForUpdatesResponse(control_message={"sentinel": True})
+A0 = _update("a0", P.ACTION_PHASE_RUNNING)
 
 
 def _state() -> watch_view.WatchState:
@@ -206,8 +207,14 @@ def test_watch_state_tracks_phases_and_done() -> None:
     assert state.apply(failed, 106.0)
     assert state.done()
     assert state.counts() == {P.ACTION_PHASE_SUCCEEDED: 1, P.ACTION_PHASE_FAILED: 1}
-    state.resync()
-    assert not state.done() and not state.children
+    state.resync()  # the stream was lost: rows stay on show until the new snapshot
+    assert state.reconnecting and not state.done() and set(state.children) == {"c1", "c2"}
+    assert "(reconnecting…)" in watch_view.render_table(state, 200.0)
+    state.apply(_update("c1", P.ACTION_PHASE_SUCCEEDED), 300.0)
+    state.apply(SENTINEL, 300.0)
+    # c2 was deleted meanwhile; c1 keeps the time its phase was first seen.
+    assert list(state.children) == ["c1"] and state.children["c1"].since == 105.0
+    assert not state.reconnecting and state.parent_phase is None  # not restated either
 
 
 def test_no_children_is_never_done() -> None:
@@ -272,6 +279,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.shown: list[tuple[str, bool]] = []  # (what, changed)
+        self.lost_with: list[Exception] = []
+
+    def lost(self, state: watch_view.WatchState, error: Exception, now: float) -> None:
+        self.lost_with.append(error)
 
     def show(
         self,
@@ -333,6 +344,7 @@ async def test_follow_watch_reconnects_after_unavailable_and_rebuilds(
     assert state.synced
     synced = ("control_message", True)
     assert sink.shown == [("c1", True), ("c2", True), synced, ("c1", True), synced]
+    assert sink.lost_with == [GONE]
 
 
 async def test_follow_watch_fails_at_once_when_never_synced() -> None:
@@ -345,7 +357,7 @@ async def test_follow_watch_fails_at_once_when_never_synced() -> None:
 
 async def test_follow_watch_raises_other_codes_without_reconnecting() -> None:
     denied = RpcError(Code.PERMISSION_DENIED, "no")
-    streams = ScriptedStreams([SENTINEL, denied], [SENTINEL])
+    streams = ScriptedStreams([A0, SENTINEL, denied], [SENTINEL])
     state = watch_view.WatchState(run="r", parent="a0", started=0.0)
     with pytest.raises(RpcError) as info:
         await follow_watch(streams, state, Recorder())
@@ -357,7 +369,7 @@ async def test_follow_watch_gives_up_after_failures_in_a_row(
 ) -> None:
     policy = ReconnectPolicy(max_reconnects=3)
     # Synced once, then every reconnect fails before its snapshot.
-    streams = ScriptedStreams([SENTINEL, GONE], *([GONE] for _ in range(policy.max_reconnects)))
+    streams = ScriptedStreams([A0, SENTINEL, GONE], *([GONE] for _ in range(policy.max_reconnects)))
     state = watch_view.WatchState(run="r", parent="a0", started=0.0)
     with pytest.raises(RpcError) as info:
         await follow_watch(streams, state, Recorder(), policy=policy)
@@ -532,7 +544,8 @@ async def test_enqueue_watch_update_signal_abort_end_to_end() -> None:
                 # Leaving the nursery waits for the watch: it returns once all are terminal.
 
         code, out, err = result["watch"]
-        assert (code, err) == (0, "")
+        # Every child is terminal, but c2 was aborted: not a success.
+        assert (code, err) == (1, "1 of 3 children did not succeed: c2 ABORTED\n")
         lines = [json.loads(line) for line in out.splitlines()]
         assert _phases(lines) == {
             "a0": "ACTION_PHASE_QUEUED",
@@ -562,12 +575,12 @@ async def test_watch_table_when_not_a_terminal() -> None:
             nursery.start_soon(watch)
             await out.seen("ACTION")  # the snapshot table
             await run(url, "update", *RUN, "--action", "c1", "--phase", "failed")
-        code, text, _ = result[0]
-        assert code == 0
+        code, text, err = result[0]
+        assert (code, err) == (1, "1 of 1 children did not succeed: c1 FAILED\n")
         assert "\x1b[" not in text  # no colour codes into a pipe
-        assert " c1 FAILED" in text  # the event line
-        assert text.rstrip().splitlines()[-1].startswith("c1      FAILED")  # the final table
-        assert "FAILED 1" in text
+        assert text.count("ACTION  PHASE") == 1  # the table once, not again at the end
+        assert " c1 FAILED failed (no error reported)" in text  # the event line
+        assert text.rstrip().splitlines()[-1].endswith(" children 1: FAILED 1")  # summary
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,9 @@ wait for those effects instead of assuming them.
 
 from __future__ import annotations
 
-import re
-
 import base64
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any

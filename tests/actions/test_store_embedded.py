@@ -26,7 +26,14 @@ from test_store_contract import (
 from actions.store import _sqlite
 from actions.store.base import WatchEvent
 from actions.store.embedded import EmbeddedStore
-from actions.store.errors import AlreadyExists, Gone, Invalid, OwnerTerminating, StoreUnavailable
+from actions.store.errors import (
+    AlreadyExists,
+    Conflict,
+    Gone,
+    Invalid,
+    OwnerTerminating,
+    StoreUnavailable,
+)
 
 
 async def open_file_store(data_dir: Path, **options: Any) -> EmbeddedStore:
@@ -343,6 +350,29 @@ async def test_two_stores_on_one_dir_follow_each_other(tmp_path: Path) -> None:
             assert await local.get("l3") == b
     finally:
         await local.aclose()
+        await other.aclose()
+
+
+async def test_a_write_on_a_stale_index_is_decided_on_the_file(tmp_path: Path) -> None:
+    # `slow` never polls: only its own writes and misses make it look at the file, so
+    # its index is behind `other`'s commits when it writes.
+    slow = await open_file_store(tmp_path, poll_interval=3600)
+    other = await open_file_store(tmp_path, poll_interval=3600)
+    try:
+        created = await slow.create(action("x"))
+        seen = await other.get("x")  # a miss: looks at the file first
+        assert seen == created
+        moved = await other.update_status({**seen, "status": {"phase": "RUNNING"}})
+        # `slow` still holds the old state; its write must lose, as the file says.
+        with pytest.raises(Conflict):
+            await slow.update_status({**created, "status": {"phase": "FAILED"}})
+        assert await slow.get("x") == moved  # the conflict brought its index up to date
+        done = await slow.update_status({**moved, "status": {"phase": "SUCCEEDED"}})
+        assert rv(done) == rv(moved) + 1
+        await slow.create(action("y"))  # and a create decided on the fresh index
+        assert [o["metadata"]["name"] for o in (await slow.list({}))[0]] == ["x", "y"]
+    finally:
+        await slow.aclose()
         await other.aclose()
 
 

@@ -108,7 +108,16 @@ def connect(path: Path | None, synchronous: Synchronous) -> sqlite3.Connection:
     if path is not None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # Checkpoints (copying the WAL into the database, with an fsync) are run by the
+        # store in the background (``checkpoint``), never inside a commit it waits for.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as readers allow; never
+    waits for (or blocks) a writer."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def init_schema(conn: sqlite3.Connection) -> None:

@@ -32,11 +32,13 @@ class WatchEvent:
 
     @property
     def name(self) -> str:
-        return self.object["metadata"]["name"]
+        name: str = self.object["metadata"]["name"]
+        return name
 
     @property
     def resource_version(self) -> str:
-        return self.object["metadata"]["resourceVersion"]
+        rv: str = self.object["metadata"]["resourceVersion"]
+        return rv
 
 
 class Store(Protocol):
