@@ -220,7 +220,7 @@ class ActionsApplication:
         self.observed: ObservedStore | None = None  # what the service and fan-out use
         self.fanout: FanOut | None = None
         self.service = ActionsService(namespace=config.namespace)
-        self.console = ConsoleService(lambda: self.store)  # console: the read API
+        self.console = ConsoleService(lambda: self.observed)  # console: the read API
         self.registry = CollectorRegistry()
         self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
         self.health = HealthStatus(overall=NOT_SERVING)

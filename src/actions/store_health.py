@@ -33,7 +33,14 @@ from typing import Any, Final, Literal, TypeVar
 
 import trio
 
-from actions.store.base import KubeObject, PropagationPolicy, Store, WatchEvent
+from actions.store.base import (
+    KubeObject,
+    PropagationPolicy,
+    RootCursor,
+    RootPage,
+    Store,
+    WatchEvent,
+)
 from actions.store.errors import Gone, Invalid, StoreError, StoreUnavailable
 
 log = logging.getLogger("actions.store_health")
@@ -144,6 +151,13 @@ class ObservedStore:
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
         return await self._observe("read", self.inner.list(labels))
+
+    async def list_roots(
+        self, labels: dict[str, str], *, limit: int, before: RootCursor | None = None
+    ) -> RootPage:
+        return await self._observe(
+            "read", self.inner.list_roots(labels, limit=limit, before=before)
+        )
 
     async def update_status(self, obj: KubeObject) -> KubeObject:
         return await self._observe("write", self.inner.update_status(obj))
