@@ -158,6 +158,8 @@ async def test_list_runs_phase_filter_reads_a_bounded_number_of_roots(
         (cpb.ListRunsRequest(page_token="not-a-token"), "page_token"),
         (cpb.ListRunsRequest(page_token="W10"), "page_token"),  # "[]"
         (cpb.ListRunsRequest(phases=["SLEEPING"]), "unknown phase"),
+        (cpb.ListRunsRequest(created_after=Timestamp(seconds=10**15)), "created_after"),
+        (cpb.ListRunsRequest(created_before=Timestamp(seconds=-(10**15))), "created_before"),
     ],
 )
 async def test_list_runs_bad_request_is_invalid_argument(

@@ -95,6 +95,16 @@ def _label_filter(request: cpb.ListRunsRequest) -> dict[str, str]:
     return labels
 
 
+def _time_filter(request: cpb.ListRunsRequest, field: str) -> str:
+    """The time filter ``field`` in creationTimestamp's format; "" when unset."""
+    if not request.HasField(field):
+        return ""
+    try:
+        return metadata_time(getattr(request, field))
+    except (ValueError, OverflowError, OSError):
+        raise RpcError(Code.INVALID_ARGUMENT, f"{field}: not a valid time") from None
+
+
 def _phase_name(obj: KubeObject) -> str:
     return phases.name(objects.phase_of_object(obj))
 
@@ -133,14 +143,15 @@ class ConsoleService:
             raise RpcError(Code.INVALID_ARGUMENT, "page_size: must not be negative")
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         wanted_phases = _phase_filter(list(request.phases))
+        oldest = _time_filter(request, "created_after")
+        newest = _time_filter(request, "created_before")
         filters = _filters_key(request)
         cursor: RootCursor | None = None
         if request.page_token:
             cursor = decode_token(request.page_token, filters)
-        elif request.HasField("created_before"):
+        elif newest:
             # Older than the whole second it names: ("t", "") sorts before any ("t", name).
-            cursor = (metadata_time(request.created_before), "")
-        oldest = metadata_time(request.created_after) if request.HasField("created_after") else ""
+            cursor = (newest, "")
         labels = _label_filter(request)
         store = self.store
         response = cpb.ListRunsResponse()
