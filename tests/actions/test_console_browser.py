@@ -44,6 +44,7 @@ from selenium.common.exceptions import (  # noqa: E402
     TimeoutException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.select import Select  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -217,6 +218,17 @@ def test_lists_runs_and_shows_a_runs_tree(server: ServerThread, browser: Any) ->
     assert browser.find_elements(By.CSS_SELECTOR, "#timeline svg rect")
     assert browser.find_element(By.ID, "error").is_displayed() is False
     shot(browser, "tree")
+
+    # Filters: only runs whose root is RUNNING.
+    rpc(server, ACTIONS + "Update", update_req(aid("a0", "list-1"), phase_pb2.ACTION_PHASE_RUNNING))
+    Select(browser.find_element(By.ID, "f-phase")).select_by_visible_text("RUNNING")
+    click(browser, "#filters button")
+    wait_for(browser, lambda d: "list-2" not in d.find_element(By.ID, "runs").text, "filtered")
+    rows = browser.execute_script(
+        "return [...document.querySelectorAll('#runs tbody tr')].map(r => r.dataset.run);"
+    )
+    assert rows == [f"{ORG}/{PROJECT}/{DOMAIN}/list-1"]
+    Select(browser.find_element(By.ID, "f-phase")).select_by_visible_text("any phase")
 
 
 def test_live_update_appears_without_reload(server: ServerThread, browser: Any) -> None:
