@@ -146,6 +146,9 @@ class ObservedStore:
     async def create(self, obj: KubeObject) -> KubeObject:
         return await self._observe("write", self.inner.create(obj))
 
+    async def create_with_status(self, obj: KubeObject, status: dict[str, Any]) -> KubeObject:
+        return await self._observe("write", self.inner.create_with_status(obj, status))
+
     async def get(self, name: str) -> KubeObject:
         return await self._observe("read", self.inner.get(name))
 
@@ -208,11 +211,6 @@ class ObservedStore:
     async def aclose(self) -> None:
         self._closed = True
         await self.inner.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        # What the Store interface does not name (a backend's extras, or methods added
-        # to the interface later) passes through, unobserved.
-        return getattr(self.inner, name)
 
 
 def _check_protocol(store: ObservedStore) -> Store:

@@ -52,6 +52,11 @@ class Breakable:
             raise self.broken_writes
         return await self._inner.create(obj)
 
+    async def create_with_status(self, obj: Any, status: Any) -> Any:
+        if self.broken_writes is not None:
+            raise self.broken_writes
+        return await self._inner.create_with_status(obj, status)
+
     async def get(self, name: str) -> Any:
         if self.broken_reads is not None:
             raise self.broken_reads
