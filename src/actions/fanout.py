@@ -146,13 +146,19 @@ class Subscription:
 
 
 class _Worker:
-    __slots__ = ("pending", "receive", "send")
+    __slots__ = ("last_sent", "pending", "receive", "send")
 
     def __init__(self, capacity: int) -> None:
         self.send, self.receive = trio.open_memory_channel[str](capacity)
         # name -> (the newest event not yet handled, when the first of the events merged
         # into it was read); a name is here iff it is in the channel
         self.pending: dict[str, tuple[WatchEvent, float]] = {}
+        # name -> the update last offered to its subscribers. A change a watcher cannot
+        # see (an annotation, an executor's plugin state) gives the same update again,
+        # and is not sent twice. Dropped whenever an event for the name is skipped or the
+        # object is deleted, so it only ever equals what every current subscriber holds
+        # (a new subscriber's snapshot is read after the update was offered).
+        self.last_sent: dict[str, WatchForUpdatesResponse] = {}
 
 
 class FanOut:
@@ -286,18 +292,21 @@ class FanOut:
         async with receive:
             async for event in receive:
                 metrics.events_received += 1
+                name = event.name
+                worker = workers[fnv1a_32(name.encode()) % count]
+                queued = worker.pending.get(name)
+                if queued is not None:
+                    # Merged whoever subscribes: the queued event must not outlive a
+                    # newer one (the worker's last_sent would then hold a stale update).
+                    worker.pending[name] = (event, queued[1])
+                    metrics.events_merged += 1
+                    continue
                 key = objects.watch_key_of(event.object)
                 if key is None or key not in self._subscribers:
                     # Safe to skip: a stream that subscribes later reads its snapshot
                     # after subscribing, so after this (already committed) change.
                     metrics.events_skipped += 1
-                    continue
-                name = event.name
-                worker = workers[fnv1a_32(name.encode()) % count]
-                queued = worker.pending.get(name)
-                if queued is not None:
-                    worker.pending[name] = (event, queued[1])
-                    metrics.events_merged += 1
+                    worker.last_sent.pop(name, None)
                     continue
                 worker.pending[name] = (event, clock() if clock is not None else 0.0)
                 await worker.send.send(name)
@@ -306,19 +315,35 @@ class FanOut:
         async for name in worker.receive:
             event, read_at = worker.pending.pop(name)
             try:
-                await self._handle(event, read_at)
+                await self._handle(event, read_at, worker.last_sent)
             except Exception:
                 self.metrics.worker_errors += 1
                 log.exception("watch worker failed on %s %s", event.type, name)
 
-    async def _handle(self, event: WatchEvent, read_at: float = 0.0) -> None:
+    async def _handle(
+        self,
+        event: WatchEvent,
+        read_at: float = 0.0,
+        last_sent: dict[str, WatchForUpdatesResponse] | None = None,
+    ) -> None:
         obj = event.object
+        name = event.name
         key = objects.watch_key_of(obj)
         subs = None if key is None else self._subscribers.get(key)
         if not subs:
+            if last_sent is not None:
+                last_sent.pop(name, None)
             return
         deleted = event.type == "DELETED"
         response = objects.watch_response(obj, self.namespace, deleted=deleted)
+        if last_sent is not None:
+            if deleted:
+                last_sent.pop(name, None)
+            elif last_sent.get(name) == response:
+                self.metrics.updates_unchanged += 1
+                return
+            else:
+                last_sent[name] = response
         rv = objects.resource_version(obj)
         action = obj["spec"]["actionName"]
         metrics = self.metrics

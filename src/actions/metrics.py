@@ -13,6 +13,7 @@ Series::
     actions_watch_events_skipped_total            no stream was subscribed
     actions_watch_updates_delivered_total         updates handed to streams
     actions_watch_updates_merged_total            merged into one a stream had not read
+    actions_watch_updates_unchanged_total         the same update as the last one: not sent
     actions_watch_worker_errors_total             events a worker failed on
     actions_watch_subscriber_resyncs_total        streams ended with UNAVAILABLE (behind)
     actions_watch_restarts_total                  store change stream reopened
@@ -46,6 +47,7 @@ class FanOutMetrics:
     events_skipped: int = 0  # events for which no stream was subscribed
     updates_delivered: int = 0  # updates handed to subscribers' buffers
     updates_merged: int = 0  # updates folded into one already waiting in a subscriber
+    updates_unchanged: int = 0  # events whose update equals the one last offered
     subscriber_resyncs: int = 0  # streams ended with UNAVAILABLE so the client re-lists
     worker_errors: int = 0  # events a worker failed to turn into an update
     source_restarts: int = 0  # times the store's change stream had to be reopened
@@ -71,6 +73,11 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("events_skipped", "actions_watch_events_skipped", "Events no stream subscribed to."),
     ("updates_delivered", "actions_watch_updates_delivered", "Updates handed to streams."),
     ("updates_merged", "actions_watch_updates_merged", "Updates merged into an unread one."),
+    (
+        "updates_unchanged",
+        "actions_watch_updates_unchanged",
+        "Events whose update equals the one last offered: not sent again.",
+    ),
     ("worker_errors", "actions_watch_worker_errors", "Events a watch worker failed on."),
     (
         "subscriber_resyncs",

@@ -100,9 +100,9 @@ def hold_workers(fanout: FanOut) -> trio.Event:
     gate = trio.Event()
     handle = fanout._handle
 
-    async def held(event: WatchEvent, read_at: float = 0.0) -> None:
+    async def held(event: WatchEvent, *args: Any) -> None:
         await gate.wait()
-        await handle(event, read_at)
+        await handle(event, *args)
 
     fanout._handle = held  # type: ignore[method-assign]
     return gate
@@ -396,3 +396,32 @@ async def test_malformed_object_does_not_stop_the_fanout() -> None:
             got = await drain(sub, lambda out: len(out) >= 1)
         assert got[0].action_id.name == "c1"
         assert fanout.metrics.source_restarts == 0
+
+
+async def test_a_change_watchers_cannot_see_is_not_sent_again() -> None:
+    """An event whose update equals the one last offered (an annotation written before a
+    delete, an executor's plugin state) is not sent twice; a real change still is."""
+    async with running(workers=1) as (source, fanout):
+        with fanout.subscribe(KEY) as sub:
+            await source.put("x", P.ACTION_PHASE_RUNNING)
+            await source.put("x", P.ACTION_PHASE_RUNNING)  # same update: not sent
+            await source.put("x", P.ACTION_PHASE_SUCCEEDED)
+            got = await drain(sub, lambda out: out and out[-1].phase == P.ACTION_PHASE_SUCCEEDED)
+            await trio.testing.wait_all_tasks_blocked()
+            assert fanout.metrics.updates_unchanged == 1
+    assert [u.phase for u in got] == [P.ACTION_PHASE_RUNNING, P.ACTION_PHASE_SUCCEEDED]
+
+
+async def test_an_update_is_sent_again_after_changes_nobody_watched() -> None:
+    """What the fan-out remembers as last offered is forgotten when a change goes by with
+    nobody subscribed: a later subscriber sees the state return to an earlier one."""
+    async with running(workers=1) as (source, fanout):
+        with fanout.subscribe(KEY) as sub:
+            await source.put("x", P.ACTION_PHASE_RUNNING)
+            await drain(sub, lambda out: len(out) == 1)
+        await source.put("x", P.ACTION_PHASE_INITIALIZING)  # nobody subscribed
+        await trio.testing.wait_all_tasks_blocked()
+        with fanout.subscribe(KEY) as sub:
+            await source.put("x", P.ACTION_PHASE_RUNNING)  # as first offered, but news now
+            got = await drain(sub, lambda out: len(out) == 1)
+    assert [u.phase for u in got] == [P.ACTION_PHASE_RUNNING]
