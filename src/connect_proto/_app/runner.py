@@ -3,6 +3,13 @@
 Everything protocol-specific lives in the ``ServerCall``; this module only moves bytes
 between ASGI and the call, enforces the deadline with a cancel scope, and cancels the
 handler when the client goes away.
+
+Every write has an end. A client may stop reading (an HTTP/2 flow-control window of 0)
+or leave without the server's writer noticing: hypercorn's ``send`` then waits for its
+stream buffer to drain, which never happens once the connection's writer has stopped.
+So each write is abandoned when the client disconnects (``http.disconnect``, watched
+while the write waits) or when it has not completed within ``write_timeout``; the call
+then ends without another byte, its slot and task freed.
 """
 
 from __future__ import annotations
@@ -32,9 +39,19 @@ log = logging.getLogger("connect_proto")
 DRAIN_MAX_BYTES = 1024 * 1024
 DRAIN_MAX_SECONDS = 1.0
 
+# A response write (one stream message, or the final status) that has not been taken
+# by the server within this many seconds is abandoned along with its call: the client
+# is not reading. Generous next to any live network; what a stalled client can hold.
+WRITE_TIMEOUT = 30.0
+
 
 class ClientDisconnected(Exception):
     """The client went away (ASGI ``http.disconnect``)."""
+
+
+class WriteStalled(Exception):
+    """A response write did not complete within the write timeout: the client is not
+    reading. Raised out of a streaming handler's ``send``; the call ends unanswered."""
 
 
 class RequestBody:
@@ -58,6 +75,7 @@ class RequestBody:
         return message.get("body", b"")
 
     async def wait_disconnect(self) -> None:
+        """Discard body chunks until the client disconnects."""
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
@@ -126,7 +144,7 @@ def first_rpc_error(exc: BaseException) -> RpcError | None:
     return None
 
 
-def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+def _only(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only(inner, kind) for inner in exc.exceptions)
     return isinstance(exc, kind)
@@ -179,10 +197,13 @@ class CallRunner:
     """Runs one accepted call to completion.
 
     ``interceptors`` run first, inside the deadline; then ``refusal`` (decided by the app
-    before the call started, e.g. a stream limit or shutdown) ends the call if set.
+    before the call started, e.g. shutdown) ends the call if set; then ``admit`` (e.g. a
+    stream limit) may refuse it or take a slot, so that a call the interceptors refuse
+    never holds a limited resource. ``admitted`` tells the app to give the slot back.
     Stream handlers run in a scope from ``shutdown``, so a server shutdown ends them with
-    UNAVAILABLE. Afterwards ``error``, ``completed`` and the message counts tell
-    observers how the call ended.
+    UNAVAILABLE. Every write is bounded by ``write_timeout`` and abandoned at a
+    disconnect (see the module docstring). Afterwards ``error``, ``completed``,
+    ``abandoned`` and the message counts tell observers how the call ended.
     """
 
     def __init__(
@@ -195,7 +216,9 @@ class CallRunner:
         *,
         interceptors: tuple[Interceptor, ...] = (),
         refusal: RpcError | None = None,
+        admit: Callable[[], RpcError | None] | None = None,
         shutdown: ShutdownSignal | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.call = call
         self.route = route
@@ -206,9 +229,17 @@ class CallRunner:
         self._http1 = call.request.http_version.startswith("1")
         self._interceptors = interceptors
         self._refusal = refusal
+        self._admit = admit
         self._shutdown = shutdown
+        self._write_timeout = write_timeout
+        self._watcher: trio.Nursery | None = None  # where the disconnect watcher runs
+        self._watching = False
+        self._handler_scope: trio.CancelScope | None = None
+        self._write_scope: trio.CancelScope | None = None  # the final write, while it waits
+        self.admitted = False  # ``admit`` took a slot for this call
         self.error: RpcError | None = None  # the status the call ended with (None = OK)
         self.completed = False  # the final status was handed to the server
+        self.abandoned = False  # a write stalled past the timeout; nothing more was sent
         self.messages_received = 0
         self.messages_sent = 0
 
@@ -223,6 +254,15 @@ class CallRunner:
                 await self._send(event)
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._watcher = nursery
+            try:
+                await self._run()
+            finally:
+                self._watcher = None
+                nursery.cancel_scope.cancel()  # the disconnect watcher, if started
+
+    async def _run(self) -> None:
         call = self.call
         error: RpcError | None = None
         final: list[AsgiEvent] | None = None
@@ -233,34 +273,33 @@ class CallRunner:
             return
         if timeout is not None:
             self.ctx.deadline = trio.current_time() + timeout
-        scope = trio.CancelScope(deadline=self.ctx.deadline)
-        async with trio.open_nursery() as nursery:
-
-            def watch() -> None:
-                nursery.start_soon(self._watch_disconnect, scope)
-
-            with scope:
-                try:
-                    final = await self._invoke(watch)
-                except ClientDisconnected:
-                    pass
-                except trio.Cancelled:
+        scope = self._handler_scope = trio.CancelScope(deadline=self.ctx.deadline)
+        with scope:
+            try:
+                final = await self._invoke(self._watch)
+            except ClientDisconnected:
+                self.body.disconnected = True
+            except WriteStalled:
+                self._abandon()
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                if _only(exc, trio.Cancelled):
                     raise
-                except BaseException as exc:
-                    if _only(exc, trio.Cancelled):
-                        raise
-                    if _only(exc, ClientDisconnected):
-                        self.body.disconnected = True
-                    else:
-                        error = first_rpc_error(exc)
-                        if error is None:
-                            if not isinstance(exc, Exception | BaseExceptionGroup):
-                                raise
-                            log.exception("handler for %s failed", self.route.path)
-                            error = RpcError(Code.INTERNAL, "internal error")
-            nursery.cancel_scope.cancel()
-        if self.body.disconnected:
-            return  # the client is gone: write nothing more
+                if _only(exc, ClientDisconnected):
+                    self.body.disconnected = True
+                elif _only(exc, (WriteStalled, ClientDisconnected)):
+                    self._abandon()
+                else:
+                    error = first_rpc_error(exc)
+                    if error is None:
+                        if not isinstance(exc, Exception | BaseExceptionGroup):
+                            raise
+                        log.exception("handler for %s failed", self.route.path)
+                        error = RpcError(Code.INTERNAL, "internal error")
+        self._handler_scope = None
+        if self.body.disconnected or self.abandoned:
+            return  # the client is gone or not reading: write nothing more
         if scope.cancelled_caught and error is None and final is None:
             error = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
         if error is not None:
@@ -270,6 +309,28 @@ class CallRunner:
             self.messages_sent = 1
         else:
             await self._emit_final(call.end_events(None, self.ctx))
+
+    def _abandon(self) -> None:
+        self.abandoned = True
+        log.info(
+            "abandoned %s: the client read nothing for %.0f s", self.route.path, self._write_timeout
+        )
+
+    def _watch(self) -> None:
+        """Start watching for the client's disconnect (once; from the first wait on)."""
+        if self._watching or self._watcher is None:
+            return
+        self._watching = True
+        self._watcher.start_soon(self._watch_disconnect)
+
+    async def _watch_disconnect(self) -> None:
+        try:
+            await self.body.wait_disconnect()
+        except Exception:  # the server's receive failing: treat as gone
+            self.body.disconnected = True
+        for scope in (self._handler_scope, self._write_scope):
+            if scope is not None:
+                scope.cancel()
 
     async def _finish_early(self, error: RpcError) -> None:
         """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
@@ -283,24 +344,23 @@ class CallRunner:
         await self._emit_final(self.call.end_events(error, self.ctx))
 
     async def _emit_final(self, events: list[AsgiEvent]) -> None:
-        if self.body.complete or self.body.disconnected or self._http1:
-            await self._emit_final_events(events)
-            return
-        # HTTP/2, answered before the request body ended (a refusal, or a handler that
-        # stopped reading). hypercorn queues request events for us in a small bounded
-        # channel and, inside our final send, puts http.disconnect into it; with the
-        # channel full of unread body that put blocks our own send forever (and the
-        # connection's reader with it). Draining concurrently keeps room in it.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._drain_quietly)
-            await self._emit_final_events(events)
-            nursery.cancel_scope.cancel()
+        """Write the final events, watching for a disconnect while the write waits.
 
-    async def _drain_quietly(self) -> None:
-        try:
-            await self.body.wait_disconnect()
-        except Exception:  # the server's receive failing just ends the drain
-            pass
+        The watcher also keeps reading the request: answered before its body ended, an
+        HTTP/2 call's unread chunks fill the small channel hypercorn queues them in, and
+        its put of ``http.disconnect`` (made inside our final send) would block our own
+        send and the connection's reader with it.
+        """
+        if self.body.disconnected:
+            return
+        with trio.move_on_after(self._write_timeout) as write_scope:
+            self._write_scope = write_scope
+            try:
+                await await_watching(self._emit_final_events(events), self._watch)
+            finally:
+                self._write_scope = None
+        if write_scope.cancelled_caught and not self.body.disconnected:
+            self._abandon()
 
     async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
         try:
@@ -309,10 +369,6 @@ class CallRunner:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # connection lost while finishing: nothing left to tell the client
 
-    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
-        await self.body.wait_disconnect()
-        scope.cancel()
-
     async def _invoke(self, watch: Callable[[], None]) -> list[AsgiEvent] | None:
         """Run the handler; return the final events of a unary response, else None."""
         route, call, ctx = self.route, self.call, self.ctx
@@ -320,6 +376,11 @@ class CallRunner:
             await interceptor.intercept(route, ctx)
         if self._refusal is not None:
             raise self._refusal
+        if self._admit is not None:
+            refused = self._admit()
+            if refused is not None:
+                raise refused
+            self.admitted = True
         kind = route.kind
         if kind is MethodKind.UNARY or kind is MethodKind.SERVER_STREAMING:
             request = await read_single(call, self.body)
@@ -370,8 +431,18 @@ class CallRunner:
                 f"{self.route.path} streams {self.route.output_type.__name__}, "
                 f"not {type(message).__name__}"
             )
-        await self.emit(self.call.message_events(message, self.ctx))
+        with trio.move_on_after(self._write_timeout) as write_scope:
+            await self.emit(self.call.message_events(message, self.ctx))
+        if write_scope.cancelled_caught:
+            raise WriteStalled(self.route.path)
         self.messages_sent += 1
 
 
-__all__ = ["CallRunner", "ClientDisconnected", "RequestBody", "first_rpc_error"]
+__all__ = [
+    "WRITE_TIMEOUT",
+    "CallRunner",
+    "ClientDisconnected",
+    "RequestBody",
+    "WriteStalled",
+    "first_rpc_error",
+]
