@@ -282,11 +282,14 @@ def build_app(config: Config, *, open_store: OpenStore | None = None) -> Actions
         interceptors=interceptors,
         observers=observers,
         request_id_header=REQUEST_ID_HEADER,
+        max_streams=config.max_server_streams,
         max_streams_per_method=(
             {WATCH_PATH: config.max_watch_subscriptions}
             if config.max_watch_subscriptions is not None
             else None
         ),
+        max_streams_per_connection=config.max_server_streams_per_connection,
+        write_timeout=config.write_timeout,
     )
     application = ActionsApplication(
         app=app,

@@ -6,12 +6,17 @@ calls in flight).
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -20,6 +25,7 @@ import h2.settings
 
 GRPC = "application/grpc+proto"
 CONNECT_PROTO = "application/proto"
+CONNECT_STREAM = "application/connect+proto"
 
 
 def envelope(payload: bytes) -> bytes:
@@ -122,3 +128,81 @@ def open_calls(port: int) -> float:
     return metric_sum(text, "rpc_server_started_total") - metric_sum(
         text, "rpc_server_handled_total"
     )
+
+
+class ServiceProcess:
+    """``actions-service serve --memory`` on a free port, in its own process, logging to
+    ``log``; ``env`` adds ``ACTIONS_*`` settings. A context manager; stopped with SIGTERM
+    (then killed) on exit."""
+
+    LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+    def __init__(self, log: Path, env: dict[str, str] | None = None, *args: str) -> None:
+        self.log = log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> ServiceProcess:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "actions.cli", "serve", "--port", "0", "--memory",
+                 *self.args],
+                stdout=subprocess.DEVNULL,
+                stderr=out,
+                env=self.env,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = self.LISTENING.search(self.log_text())
+            if found:
+                self.port = int(found.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"actions-service did not start:\n{self.log_text()[-4000:]}")
+
+    def __exit__(self, *_: object) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def wait_until(probe: Callable[[], float], target: float = 0, seconds: float = 15) -> float:
+    """Poll ``probe`` until it returns at most ``target`` or ``seconds`` pass; its last value."""
+    deadline = time.monotonic() + seconds
+    value = probe()
+    while value > target and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = probe()
+    return value
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
