@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from actions.config import Config
 from actions.fanout import FanOut
@@ -125,6 +125,22 @@ def store_ready(store: Store) -> tuple[bool, str]:
     if isinstance(result, tuple):
         return bool(result[0]), str(result[1])
     return bool(result), "ok" if result else "not ready"
+
+
+def trio_task_count() -> int:
+    """Trio tasks alive in this process; 0 outside a trio run."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return 0
+    count = 0
+    stack = [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 # --------------------------------------------------------------------------- the app
@@ -302,6 +318,13 @@ def build_app(config: Config, *, open_store: OpenStore | None = None) -> Actions
     )
     holder.append(application)
     app.shutdown.on_begin(application._on_shutdown)
+    # What a client can make the server hold: calls in flight, and the tasks behind them.
+    Gauge("actions_open_calls", "RPCs accepted and not yet over.", registry=registry).set_function(
+        lambda: app.open_calls
+    )
+    Gauge("actions_trio_tasks", "Trio tasks alive.", registry=registry).set_function(
+        trio_task_count
+    )
     return application
 
 
@@ -316,6 +339,7 @@ def hypercorn_config(config: Config) -> RpcConfig:
         require_client_cert=config.tls_require_client_cert,
         tls_reload_interval=config.tls_reload_interval,
         graceful_timeout=config.graceful_timeout,
+        keep_alive_timeout=config.keep_alive_timeout,
         h2_max_concurrent_streams=config.max_streams_per_connection,
     )
 

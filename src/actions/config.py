@@ -23,6 +23,7 @@ YAML shape (every key optional)::
         port: 8091
         gracefulTimeout: 10
         writeTimeout: 30
+        keepAliveTimeout: 75
         tls: {certFile: null, keyFile: null, clientCaFile: null,
               requireClientCert: false, reloadInterval: 5}
         auth: {tokenFile: null}
@@ -84,6 +85,7 @@ class Config:
     port: int = 8091  # actions.server.port
     graceful_timeout: float = 10.0
     write_timeout: float = 30.0  # actions.server.writeTimeout
+    keep_alive_timeout: float = 75.0  # actions.server.keepAliveTimeout
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -309,6 +311,8 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("actions.server.writeTimeout", "write_timeout", _Float(),
         "seconds a response write may wait for a client that reads nothing; then the call "
         "is abandoned", valid=_positive),
+    Key("actions.server.keepAliveTimeout", "keep_alive_timeout", _Float(),
+        "seconds an idle connection (no calls) is kept open", valid=_positive),
     Key("actions.server.tls.certFile", "tls_cert_file", _Path(), "server certificate chain (PEM)",
         True, flag="--tls-cert", is_file=True),
     Key("actions.server.tls.keyFile", "tls_key_file", _Path(), "server private key (PEM)", True,

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Iterable, Iterator
+from typing import Final, cast
 
 import protovalidate
-from buf.validate import validate_pb2
+from buf.validate import validate_pb2  # type: ignore[import-untyped]
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from flyteidl2.task import run_pb2
@@ -79,7 +79,8 @@ _PAUSED_MESSAGE: Final = (
 
 def field_path(violation: protovalidate.Violation) -> str:
     parts: list[str] = []
-    for element in violation.proto.field.elements:
+    field = violation.proto.field
+    for element in field.elements if field is not None else ():
         name = element.field_name
         subscript = element.subscript  # a repeated index or map key, when present
         if subscript is not None:
@@ -161,8 +162,8 @@ def _timestamp_problems(message: Message, paths: tuple[str, ...]) -> Iterator[tu
 def _inline_rules(message: Message) -> list[tuple[int, run_pb2.InlineRule]]:
     if not isinstance(message, pb.EnqueueRequest):
         return []
-    rules = _get(message, _INLINE_RULES_PATH)
-    return list(enumerate(rules)) if rules is not None else []  # type: ignore[call-overload]
+    rules = cast("Iterable[run_pb2.InlineRule] | None", _get(message, _INLINE_RULES_PATH))
+    return list(enumerate(rules)) if rules is not None else []
 
 
 def _inline_rule_problems(
@@ -189,8 +190,8 @@ def _inline_rule_problems(
 def _with_one_phase_per_rule(message: Message) -> Message:
     copy = type(message)()
     copy.CopyFrom(message)
-    rules = _get(copy, _INLINE_RULES_PATH)
-    for rule in rules:  # type: ignore[attr-defined]
+    rules = cast("Iterable[run_pb2.InlineRule]", _get(copy, _INLINE_RULES_PATH))
+    for rule in rules:
         if len(rule.on_phases) != 1:
             del rule.on_phases[:]
             rule.on_phases.append(_ALLOWED_PHASES[0] if _ALLOWED_PHASES else 0)

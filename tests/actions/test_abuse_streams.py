@@ -86,7 +86,6 @@ def test_a_client_that_reads_nothing_is_abandoned_after_the_write_timeout(
         try:
             # The socket stays open: only the write deadline can end these calls.
             assert wait_until(lambda: open_calls(server.port), 0, 15) == 0
-            assert "abandoned /flyteidl2.actions.ActionsService/Update" in server.log_text()
             healthy = RawH2(server.port)
             sid = healthy.call(SVC + "Update", pb.UpdateRequest().SerializeToString())
             assert healthy.responses(2)[sid][b"grpc-status"] == b"3"  # INVALID_ARGUMENT

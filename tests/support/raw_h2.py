@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
@@ -75,9 +76,15 @@ class RawH2:
         self.conn.send_data(sid, envelope(body) if grpc else body, end_stream=end)
         return sid
 
-    def responses(self, seconds: float = 5.0) -> dict[int, dict[bytes, bytes]]:
-        """Read until the server goes quiet for ``seconds``: headers and trailers by stream."""
+    def responses(
+        self, seconds: float = 5.0, until_ended: Iterable[int] = ()
+    ) -> dict[int, dict[bytes, bytes]]:
+        """Read until the streams in ``until_ended`` have all ended (or, without any,
+        until the server goes quiet) or ``seconds`` pass: headers and trailers by
+        stream. Received DATA is acknowledged, so the server's window stays open."""
+        self.flush()
         seen: dict[int, dict[bytes, bytes]] = {}
+        waiting = set(until_ended)
         self.sock.settimeout(seconds)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -90,8 +97,21 @@ class RawH2:
             for event in self.conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
                     seen.setdefault(event.stream_id, {}).update(dict(event.headers))
+                elif isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(
+                        event.flow_controlled_length, event.stream_id
+                    )
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    waiting.discard(event.stream_id)
             self.flush()
+            if until_ended and not waiting:
+                break
         return seen
+
+    def cancel(self, stream_id: int) -> None:
+        """Reset one stream (RST_STREAM CANCEL), as a client abandoning a call does."""
+        self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self.flush()
 
     def close(self) -> None:
         self.sock.close()

@@ -14,7 +14,12 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 from connect_proto._app.limits import STREAMING_KINDS, StreamLimiter
 from connect_proto._app.request_id import request_id_from
-from connect_proto._app.runner import WRITE_TIMEOUT, CallRunner, RequestBody
+from connect_proto._app.runner import (
+    DISCONNECT_GRACE,
+    WRITE_TIMEOUT,
+    CallRunner,
+    RequestBody,
+)
 from connect_proto._app.shutdown import ShutdownSignal, shutting_down_error
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError
@@ -240,8 +245,8 @@ class ConnectApp:
             # Keep-alive needs the unread body consumed; give up (and close) past a bound.
             if not await body.drain(headers.get("content-length")):
                 raw.append((b"connection", b"close"))
-        # Bounded, and abandoned when the client leaves (the watcher also keeps reading
-        # an unread HTTP/2 body, as the runner's final write does).
+        # Bounded; over HTTP/2 also abandoned when the client leaves (the watcher keeps
+        # reading an unread body too, as the runner's final write does).
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(self.write_timeout) as write_scope:
 
@@ -250,10 +255,12 @@ class ConnectApp:
                         await body.wait_disconnect()
                     except Exception:
                         pass
+                    await trio.sleep(DISCONNECT_GRACE)  # see CallRunner._watch_disconnect
                     write_scope.cancel()
 
                 if not body.disconnected:
-                    nursery.start_soon(abandon_on_disconnect)
+                    if not http_version.startswith("1"):
+                        nursery.start_soon(abandon_on_disconnect)
                     await send(
                         {"type": "http.response.start", "status": reject.status, "headers": raw}
                     )

@@ -43,6 +43,8 @@ DRAIN_MAX_SECONDS = 1.0
 # by the server within this many seconds is abandoned along with its call: the client
 # is not reading. Generous next to any live network; what a stalled client can hold.
 WRITE_TIMEOUT = 30.0
+# How long a write may still take after the client's disconnect was seen.
+DISCONNECT_GRACE = 0.5
 
 
 class ClientDisconnected(Exception):
@@ -130,6 +132,10 @@ def await_watching(awaitable: Awaitable[Any], watch: Callable[[], None]) -> Any:
             value = yield trap
         except BaseException as exc:  # Cancelled, KeyboardInterrupt, GeneratorExit: pass on
             value, error = None, exc
+
+
+def _ignore() -> None:
+    pass
 
 
 def first_rpc_error(exc: BaseException) -> RpcError | None:
@@ -236,6 +242,8 @@ class CallRunner:
         self._watching = False
         self._handler_scope: trio.CancelScope | None = None
         self._write_scope: trio.CancelScope | None = None  # the final write, while it waits
+        self._sending = False  # inside the server's send
+        self._deferred: list[trio.CancelScope] = []  # to cancel once the send returns
         self.admitted = False  # ``admit`` took a slot for this call
         self.error: RpcError | None = None  # the status the call ended with (None = OK)
         self.completed = False  # the final status was handed to the server
@@ -244,14 +252,24 @@ class CallRunner:
         self.messages_sent = 0
 
     async def emit(self, events: list[AsgiEvent]) -> None:
-        for event in events:
-            if event["type"] == "http.response.start":
-                if self._close:
-                    event["headers"] = [*event["headers"], (b"connection", b"close")]
-                await self._send(event)
-                self.call.head_sent = True
-            else:
-                await self._send(event)
+        self._sending = True
+        try:
+            for event in events:
+                if event["type"] == "http.response.start":
+                    if self._close:
+                        event["headers"] = [*event["headers"], (b"connection", b"close")]
+                    await self._send(event)
+                    self.call.head_sent = True
+                else:
+                    await self._send(event)
+        finally:
+            self._sending = False
+            self._cancel_deferred()
+
+    def _cancel_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for scope in deferred:
+            scope.cancel()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -312,7 +330,8 @@ class CallRunner:
 
     def _abandon(self) -> None:
         self.abandoned = True
-        log.info(
+        # DEBUG: under abuse this is one line per call, and the access log has the call.
+        log.debug(
             "abandoned %s: the client read nothing for %.0f s", self.route.path, self._write_timeout
         )
 
@@ -328,9 +347,19 @@ class CallRunner:
             await self.body.wait_disconnect()
         except Exception:  # the server's receive failing: treat as gone
             self.body.disconnected = True
-        for scope in (self._handler_scope, self._write_scope):
-            if scope is not None:
+        scopes = [s for s in (self._handler_scope, self._write_scope) if s is not None]
+        if not self._sending:
+            for scope in scopes:
                 scope.cancel()
+            return
+        # The call is inside hypercorn's send, which may be the very code that told us:
+        # a connection found closed during a write is cleaned up (every stream told of
+        # the disconnect) in the writing task. Cancelling there would cut that short and
+        # leave other calls never told, so the cancel waits for the send to return; a
+        # send still waiting after the grace is parked on a connection that is gone.
+        self._deferred += scopes
+        await trio.sleep(DISCONNECT_GRACE)
+        self._cancel_deferred()
 
     async def _finish_early(self, error: RpcError) -> None:
         """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
@@ -353,10 +382,14 @@ class CallRunner:
         """
         if self.body.disconnected:
             return
+        # HTTP/1.1 needs no watcher here: hypercorn writes its responses to the socket
+        # shielded (only the deadline bounds them) and reports a disconnect only once
+        # they are written.
+        watch = _ignore if self._http1 else self._watch
         with trio.move_on_after(self._write_timeout) as write_scope:
             self._write_scope = write_scope
             try:
-                await await_watching(self._emit_final_events(events), self._watch)
+                await await_watching(self._emit_final_events(events), watch)
             finally:
                 self._write_scope = None
         if write_scope.cancelled_caught and not self.body.disconnected:
