@@ -157,7 +157,7 @@ class Load:
                         update = update_req(child, phase_pb2.ACTION_PHASE_RUNNING, attempt)
                         sid = writer.call(SVC + "Update", update.SerializeToString())
                         writer.responses(10, [sid])
-                    self.count("busy updates", len(children))
+                        self.count("busy updates")
                     time.sleep(0.05)
             finally:
                 writer.close()
@@ -200,6 +200,7 @@ class Load:
             client.responses(0.2)
         finally:
             finish(client)
+        time.sleep(0.2)  # a mix, not a flood: the good clients' calls still get through
 
     def leaver(self) -> None:
         self._loop("leaver", lambda: self._abuse(RawH2.close))
