@@ -12,7 +12,8 @@ the time is up (every loop bounded by it, every socket wait by a timeout):
   answer; a new connection every 50 calls.
 - ``watcher``: WatchForUpdates on a busy parent, reads the snapshot and a few updates,
   then cancels the stream (RST_STREAM) or drops the connection, and reconnects.
-- ``leaver``: window 0, 40 unary calls and 4 watches, then closes the socket (FIN).
+- ``leaver``: window 0, 40 unary calls and 4 watches, then closes the socket (FIN). The
+  unary calls store nothing new, so RSS growth is the server's own.
 - ``resetter``: the same, then resets the connection (RST).
 - ``staller``: the same, then keeps the socket open, reading nothing, for twice the write
   timeout, and closes it.
@@ -183,16 +184,19 @@ class Load:
         self._loop("watcher", body)
 
     def _abuse(self, finish: Callable[[RawH2], None]) -> None:
+        """40 unary calls whose answers carry a body (so a window of 0 holds them): a
+        Connect Enqueue of an action that exists (ALREADY_EXISTS, in the body) and a
+        gRPC Update that succeeds (its message is DATA); then 4 watches."""
         client = RawH2(self.port, window=0, timeout=10)
         try:
-            update = pb.UpdateRequest().SerializeToString()  # INVALID_ARGUMENT, in a body
+            again = task_req(aid(BUSY_PARENT)).SerializeToString()
+            update = update_req(aid("b0"), phase_pb2.ACTION_PHASE_RUNNING).SerializeToString()
             watch = pb.WatchForUpdatesRequest(parent_action_id=aid(BUSY_PARENT))
             for n in range(40):
                 if n % 2:
-                    client.call(SVC + "Update", update, content_type=CONNECT_PROTO)
+                    client.call(SVC + "Enqueue", again, content_type=CONNECT_PROTO)
                 else:
-                    name = f"x{next(self._names)}"
-                    client.call(SVC + "Enqueue", task_req(aid(name)).SerializeToString())
+                    client.call(SVC + "Update", update)
             for _ in range(4):
                 client.call(SVC + "WatchForUpdates", watch.SerializeToString())
             client.flush()
