@@ -35,6 +35,10 @@ from connect_proto._wire.protocol import CallConfig
 
 log = logging.getLogger("connect_proto")
 
+# How long a final write may wait before its disconnect watcher starts (and so, about,
+# how long after its client left an abandoned write is noticed).
+PENDING_WRITE_GRACE = 0.5
+
 
 class ConnectApp:
     """Serves the given protobuf services over Connect, gRPC and gRPC-Web.
@@ -97,6 +101,9 @@ class ConnectApp:
             raise ValueError("write_timeout must be > 0")
         self.write_timeout = write_timeout
         self.open_calls = 0  # RPCs accepted and not yet over
+        # Final writes that are waiting, and since when; swept by a task that runs with
+        # the ASGI lifespan (None without one: then every waiting write watches at once).
+        self._pending_writes: dict[CallRunner, float] | None = None
         bind_all((*self._interceptors, *self._observers, self._limiter), routes)
         self._request_id_header = None if request_id_header is None else request_id_header.lower()
         self.shutdown = ShutdownSignal()
@@ -186,6 +193,7 @@ class ConnectApp:
             admit=admit,
             shutdown=self.shutdown,
             write_timeout=self.write_timeout,
+            pending_writes=self._pending_writes,
         )
         self.open_calls += 1
         if not self._observers and admit is None:
@@ -270,6 +278,28 @@ class ConnectApp:
             nursery.cancel_scope.cancel()
 
     async def _run_lifespan(self, receive: AsgiReceive, send: AsgiSend) -> None:
+        async with trio.open_nursery() as nursery:
+            pending: dict[CallRunner, float] = {}
+            self._pending_writes = pending
+            nursery.start_soon(self._sweep_pending_writes, pending)
+            try:
+                await self._lifespan_protocol(receive, send)
+            finally:
+                self._pending_writes = None
+                nursery.cancel_scope.cancel()
+
+    async def _sweep_pending_writes(self, pending: dict[CallRunner, float]) -> None:
+        """Start the disconnect watcher of every final write waiting longer than
+        ``PENDING_WRITE_GRACE`` (see ``CallRunner._emit_final``)."""
+        while True:
+            await trio.sleep(PENDING_WRITE_GRACE)
+            late = trio.current_time() - PENDING_WRITE_GRACE
+            for runner, since in list(pending.items()):
+                if since <= late:
+                    del pending[runner]
+                    runner.watch_now()
+
+    async def _lifespan_protocol(self, receive: AsgiReceive, send: AsgiSend) -> None:
         message = await receive()
         if message["type"] != "lifespan.startup":
             return

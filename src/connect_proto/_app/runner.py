@@ -225,6 +225,7 @@ class CallRunner:
         admit: Callable[[], RpcError | None] | None = None,
         shutdown: ShutdownSignal | None = None,
         write_timeout: float = WRITE_TIMEOUT,
+        pending_writes: dict[CallRunner, float] | None = None,
     ) -> None:
         self.call = call
         self.route = route
@@ -238,6 +239,7 @@ class CallRunner:
         self._admit = admit
         self._shutdown = shutdown
         self._write_timeout = write_timeout
+        self._pending_writes = pending_writes  # final writes waiting, and since when
         self._watcher: trio.Nursery | None = None  # where the disconnect watcher runs
         self._watching = False
         self._handler_scope: trio.CancelScope | None = None
@@ -373,27 +375,48 @@ class CallRunner:
         await self._emit_final(self.call.end_events(error, self.ctx))
 
     async def _emit_final(self, events: list[AsgiEvent]) -> None:
-        """Write the final events, watching for a disconnect while the write waits.
+        """Write the final events; bounded by the write timeout, and abandoned when the
+        client disconnects while the write waits.
 
-        The watcher also keeps reading the request: answered before its body ended, an
-        HTTP/2 call's unread chunks fill the small channel hypercorn queues them in, and
-        its put of ``http.disconnect`` (made inside our final send) would block our own
-        send and the connection's reader with it.
+        Watching costs a task, about as much as a small call itself, and nearly every
+        write completes in a moment, so the watcher starts late: a write that waits is
+        entered in ``pending_writes`` (the app's sweeper starts the watcher of any still
+        waiting a little later); without a sweeper it starts at the first wait. Answered
+        before the request body ended, an HTTP/2 call watches at once: the watcher also
+        keeps reading the body, whose unread chunks would otherwise fill the small
+        channel hypercorn queues them in, and its put of ``http.disconnect`` (made
+        inside our final send) would block our own send and the connection's reader.
         """
         if self.body.disconnected:
             return
-        # HTTP/1.1 needs no watcher here: hypercorn writes its responses to the socket
-        # shielded (only the deadline bounds them) and reports a disconnect only once
-        # they are written.
-        watch = _ignore if self._http1 else self._watch
+        watch: Callable[[], None]
+        if self._http1:
+            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
+            # deadline bounds them) and reports a disconnect only once they are written.
+            watch = _ignore
+        elif self._pending_writes is None or not self.body.complete:
+            watch = self._watch
+        else:
+            watch = self._enter_pending
         with trio.move_on_after(self._write_timeout) as write_scope:
             self._write_scope = write_scope
             try:
                 await await_watching(self._emit_final_events(events), watch)
             finally:
                 self._write_scope = None
+                if self._pending_writes is not None:
+                    self._pending_writes.pop(self, None)
         if write_scope.cancelled_caught and not self.body.disconnected:
             self._abandon()
+
+    def _enter_pending(self) -> None:
+        if not self._watching and self._pending_writes is not None:
+            self._pending_writes[self] = trio.current_time()
+
+    def watch_now(self) -> None:
+        """Start watching for the client's disconnect (the app's sweeper calls this for
+        a final write that has been waiting)."""
+        self._watch()
 
     async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
         try:
