@@ -13,7 +13,7 @@
   file-backed one can wait on another process's lock.
 
 (The hypercorn priority-tree and write-coalescing prototypes that were here are now
-``FairScheduler`` and ``WriteCoalescer`` in ``connect_proto/hypercorn_fixes.py``.)
+``FairScheduler`` and ``WriteCoalescer`` in ``connect_proto/_server/``.)
 Nothing here is used by the service itself; see docs/benchmarks.md "Watch fan-out".
 """
 

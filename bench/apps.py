@@ -9,8 +9,8 @@ loading one app never imports the other stack:
   generated ``TestServiceASGIApplication`` with the asyncio implementation below.
 - ``hypercorn -k trio|asyncio bench.apps:bare``: a constant 200 with a fixed body; the
   ceiling of hypercorn itself (it awaits nothing but ASGI receive/send).
-  ``bench.apps:bare_patched()`` is the same app with connect_proto's hypercorn fixes
-  installed, i.e. the ceiling of the server ``ours`` actually runs on.
+  ``bench.apps:bare_patched()`` is the same app on connect_proto's server (the
+  hypercorn fixes), i.e. the ceiling of the server ``ours`` actually runs on.
 - ``bench.apps:ours_nocoal()``, ``bench.apps:bare_nocoal()``: the same two with the
   write coalescing of the fixes (fix 6) switched off, to measure it.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,44 +60,50 @@ async def bare(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": BARE_BODY})
 
 
-def bare_patched() -> Any:
-    """``bare`` on hypercorn as the project runs it (with connect_proto's hypercorn fixes),
-    so that ``ours`` is compared with the same server underneath."""
-    import connect_proto._server.serve  # noqa: F401
+def _on_connect_proto_server(coalesce_writes: bool = True) -> None:
+    """Run this hypercorn worker on connect_proto's server, as ``connect_proto.serve`` does.
 
+    ``python -m hypercorn -k trio`` evaluates the app expression in the worker process
+    just before calling ``hypercorn.trio.run.worker_serve``; rebinding that one name makes
+    the worker run ``connect_proto._server.worker.worker_serve`` (the connection classes
+    with the hypercorn fixes) instead. Benchmark apps only: the library patches nothing.
+    """
+    import hypercorn.trio.run
+
+    from connect_proto._server.protocol import ServerOptions
+    from connect_proto._server.worker import worker_serve
+
+    options = ServerOptions(coalesce_writes=coalesce_writes)
+    hypercorn.trio.run.worker_serve = partial(worker_serve, options=options)  # type: ignore[assignment]
+
+
+def bare_patched() -> Any:
+    """``bare`` on the server the project runs (connect_proto's hypercorn fixes), so that
+    ``ours`` is compared with the same server underneath."""
+    _on_connect_proto_server()
     return bare
 
 
-def _without_write_coalescing() -> None:
-    """Switch off fix 6 of connect_proto._server.fixes (one ``send_all`` per HTTP/2
-    frame again, as stock hypercorn) for before/after comparisons in one run."""
-    from connect_proto._server import fixes as hypercorn_fixes
-
-    hypercorn_fixes._coalescing = False
-
-
 def bare_nocoal() -> Any:
-    """``bare_patched()`` without write coalescing."""
-    app = bare_patched()
-    _without_write_coalescing()
-    return app
+    """``bare_patched()`` without write coalescing (``serve(coalesce_writes=False)``)."""
+    _on_connect_proto_server(coalesce_writes=False)
+    return bare
 
 
 def ours_nocoal() -> Any:
     """``ours_app()`` without write coalescing."""
     app = ours_app()
-    _without_write_coalescing()
+    _on_connect_proto_server(coalesce_writes=False)
     return app
 
 
 def ours_app() -> Any:
     from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
-    # Importing connect_proto._server.serve installs the project's hypercorn fixes, exactly as
-    # a deployment (which serves through connect_proto._server.serve) gets them.
-    import connect_proto._server.serve  # noqa: F401
     from connect_proto._app.app import ConnectApp
 
+    # On the server a deployment gets from connect_proto.serve.
+    _on_connect_proto_server()
     return ConnectApp(services=[(TEST_SERVICE, TestServiceImpl())])
 
 

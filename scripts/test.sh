@@ -20,8 +20,20 @@ if ! command -v h2load >/dev/null 2>&1; then
     echo "test: h2load missing and not root; its test will be skipped (fails under CI)" >&2
   fi
 fi
+# chromium and chromedriver: tests/actions/test_console_browser.py drives the web console.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing Debian chromium and chromium-driver" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "test: chromium missing and not root; the browser tests will be skipped (fail under CI)" >&2
+  fi
+fi
 echo "test: ruff" >&2
-.venv/bin/ruff check src tests bench scripts
-.venv/bin/ruff format --check --quiet src tests bench scripts
+.venv/bin/ruff check src tests bench scripts emulator
+.venv/bin/ruff format --check --quiet src tests bench scripts emulator
+echo "test: mypy" >&2
+.venv/bin/mypy  # strict; what it checks is [tool.mypy] in pyproject.toml
 echo "test: pytest" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,4 @@
-"""The Actions Service as an ASGI app, and ``serve`` to run it under hypercorn.
+"""The Actions Service as an ASGI app (the composition root), and ``serve`` to run it.
 
 One port serves:
 
@@ -6,37 +6,58 @@ One port serves:
   bearer-token interceptor and the watch-subscription cap;
 - ``grpc.health.v1.Health`` ("" and the service name: SERVING once ready) and gRPC
   reflection v1 and v1alpha, open without a token;
-- plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running)
-  and ``/metrics`` (Prometheus), also open.
+- plain HTTP ``/healthz`` (alive), ``/readyz`` (store reachable, watch fan-out running,
+  not shutting down) and ``/metrics`` (Prometheus), also open.
 
-The store is opened and the fan-out started in the app's lifespan, before hypercorn
-answers anything (the contract's ``start_watching`` rule). The Kubernetes store is
-opened without waiting for its first list (``wait_for_sync=False``), so that the process
-is alive (``/healthz``) and says why it is not ready (``/readyz``, a log line) while the
-API server is slow or away, instead of crash-looping.
+``serve`` starts in an order that creates nothing before the configuration is known to
+work: it binds the port, checks the store's location (``actions.preflight``: data
+directory and database file; kubeconfig, CRD and namespace) and opens the store, each
+failure a ``StartupError`` of one line; then hypercorn runs the app. The fan-out is
+started in the app's lifespan (which opens the store itself when nobody did before),
+before hypercorn answers anything: a watch is only answered once the fan-out follows the
+store's change stream, so no change written after a watch's snapshot can be missed. The
+Kubernetes store is opened without waiting for its first list (``wait_for_sync=False``),
+so that the process is alive (``/healthz``) and says why it is not ready (``/readyz``, a
+log line) while the API server is slow or away, instead of crash-looping; it never
+creates the namespace.
 
-Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto._server.serve.serve`` when it
-is cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE, new
-calls are refused with UNAVAILABLE, unary calls in flight get the grace period; then the
-lifespan exits and closes the store.
+The service and the fan-out use the store through ``ObservedStore``, so that a store
+that stops reading or writing (a truncated database, a full disk) makes ``/readyz`` say
+so and is logged once, not once per request.
+
+Shutdown (``ConnectApp.begin_shutdown``, called by ``connect_proto.serve`` when it is
+cancelled): health turns NOT_SERVING, every watch stream ends with UNAVAILABLE (its
+stream scope is cancelled and the fan-out stops), new calls are refused with UNAVAILABLE,
+unary calls in flight get the grace period; then the lifespan exits, unbinds the service
+and closes the store.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import trio
+from google.protobuf.descriptor import ServiceDescriptor
+from hypercorn.config import Sockets
 from prometheus_client import CollectorRegistry, Gauge
 
+from actions import preflight
 from actions.config import Config
+from actions.console.service import SERVICE_DESCRIPTOR as CONSOLE_SERVICE  # console
+from actions.console.service import ConsoleService  # console
+from actions.console.static import static_routes  # console
 from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
+from actions.preflight import StartupError
 from actions.service import SERVICE_DESCRIPTOR, ActionsService
 from actions.store.base import Store
+from actions.store.errors import StoreError
+from actions.store_health import ObservedStore
 from connect_proto import (
     HEALTH_SERVICE,
     NOT_SERVING,
@@ -46,6 +67,8 @@ from connect_proto import (
     ConnectApp,
     HealthService,
     HealthStatus,
+    Interceptor,
+    Observer,
     Readiness,
     RpcConfig,
     RpcMetrics,
@@ -71,11 +94,18 @@ HEALTH_POLL_SECONDS: Final = 0.5
 
 
 async def open_embedded_store(config: Config) -> Store:
+    """The SQLite store in the data directory, after checking (without creating
+    anything) that the directory and the database file are usable."""
     from actions.store.embedded import EmbeddedStore
 
     data_dir = config.resolved_data_dir()
-    store = await EmbeddedStore.open(data_dir, config.namespace)
-    log.info("embedded store: %s", getattr(store, "path", data_dir))
+    database = data_dir / f"{config.namespace}.sqlite3"
+    await trio.to_thread.run_sync(preflight.check_data_dir, data_dir, database)
+    try:
+        store = await EmbeddedStore.open(data_dir, config.namespace)
+    except (OSError, sqlite3.Error, StoreError) as exc:
+        raise StartupError(preflight.describe_open_error(database, exc)) from exc
+    log.info("embedded store: %s", store.path)
     return store
 
 
@@ -86,6 +116,12 @@ async def open_memory_store(config: Config) -> Store:
 
 
 async def open_kubernetes_store(config: Config) -> Store:
+    """The TaskAction store, after checking that the kubeconfig works, that the API
+    server serves the CRD and that the namespace exists (never creating it). An API
+    server out of reach is not an error: the service starts, not ready, and says why."""
+    from kubernetes import client
+
+    from actions.store._kube_client import load_configuration
     from actions.store.kubernetes import ClientSettings, KubernetesStore
 
     settings = ClientSettings(
@@ -98,9 +134,48 @@ async def open_kubernetes_store(config: Config) -> Store:
         request_timeout=config.kube_request_timeout,
         watch_timeout=config.kube_watch_timeout,
     )
+    try:
+        configuration = await trio.to_thread.run_sync(load_configuration, settings)
+    except StoreError as exc:
+        where = (
+            "in-cluster service account"
+            if config.in_cluster
+            else (
+                f"kubeconfig {settings.kubeconfig or '~/.kube/config'}"
+                + (f", context {config.kube_context!r}" if config.kube_context else "")
+            )
+        )
+        raise StartupError(f"actions.kubernetes: {where}: {exc}") from exc
+    if config.in_cluster or (config.in_cluster is None and settings.kubeconfig is None
+                             and "KUBERNETES_SERVICE_HOST" in os.environ):  # fmt: skip
+        context = "in-cluster"
+    else:
+        context = await trio.to_thread.run_sync(
+            preflight.kube_context_name, settings.kubeconfig, settings.context
+        )
+    log.info("kubernetes: API server %s, context %s, namespace %s",
+             configuration.host, context, config.namespace)  # fmt: skip
+    # One try: an API server out of reach is not a reason to delay start-up (the store
+    # retries in the background, and /readyz says why it is not ready meanwhile).
+    configuration.retries = 0
+    api_client = client.ApiClient(configuration)
+    try:
+        problem = await trio.to_thread.run_sync(
+            preflight.check_kubernetes,
+            f"{configuration.host} (context {context})",
+            api_client,
+            config.namespace,
+            settings.timeouts,
+            abandon_on_cancel=True,
+        )
+    finally:
+        await trio.to_thread.run_sync(api_client.close)
+    if problem is not None:
+        log.warning("%s; starting anyway, not ready until it answers", problem)
     store = await KubernetesStore.open(
         config.namespace,
         settings=settings,
+        create_namespace=False,
         wait_for_sync=False,
     )
     log.info("kubernetes store: namespace %s (the first list runs in the background)",
@@ -108,23 +183,19 @@ async def open_kubernetes_store(config: Config) -> Store:
     return store
 
 
+def store_label(config: Config, store: Store) -> str:
+    """How log lines and /readyz name the store."""
+    if config.store == "kubernetes":
+        return f"kubernetes store (namespace {config.namespace})"
+    path = getattr(store, "path", None)
+    return "memory store" if path is None else f"embedded store {path}"
+
+
 STORE_OPENERS: Final[dict[str, OpenStore]] = {
     "embedded": open_embedded_store,
     "memory": open_memory_store,
     "kubernetes": open_kubernetes_store,
 }
-
-
-def store_ready(store: Store) -> tuple[bool, str]:
-    """``Store.ready()``: ``(ok, why)``. Tolerates a plain bool (method or property) and
-    a store without it (ready while open), so that test doubles stay small."""
-    ready = getattr(store, "ready", None)
-    if ready is None:
-        return True, "ok"
-    result = ready() if callable(ready) else ready
-    if isinstance(result, tuple):
-        return bool(result[0]), str(result[1])
-    return bool(result), "ok" if result else "not ready"
 
 
 def trio_task_count() -> int:
@@ -146,20 +217,96 @@ def trio_task_count() -> int:
 # --------------------------------------------------------------------------- the app
 
 
-@dataclass
 class ActionsApplication:
-    """The ASGI app plus the handles the runner and the tests use."""
+    """Everything one served Actions Service is made of, wired once.
 
-    app: ConnectApp
-    service: ActionsService
-    config: Config
-    metrics: FanOutMetrics
-    registry: CollectorRegistry
-    health: HealthStatus
-    readiness: Readiness
-    fanout: FanOut | None = field(default=None)
-    store: Store | None = field(default=None)
-    last_readiness: list[tuple[str, bool]] = field(default_factory=list)
+    ``app`` is the ASGI application to serve. Its lifespan (``lifespan``) opens the
+    store, runs the fan-out on it and keeps grpc.health.v1 in step with readiness. While
+    it runs, ``store`` and ``fanout`` are set; outside it they are None and the service
+    answers UNAVAILABLE.
+    """
+
+    def __init__(self, config: Config, *, open_store: OpenStore | None = None) -> None:
+        """``open_store`` defaults to the opener of ``config.store``."""
+        config.validate()
+        self.config = config
+        self._open_store = open_store or STORE_OPENERS[config.store]
+        self._opened: Store | None = None  # opened by ``open_store``, before the lifespan
+        self.store: Store | None = None
+        self.observed: ObservedStore | None = None  # what the service and fan-out use
+        self.fanout: FanOut | None = None
+        self.service = ActionsService(namespace=config.namespace)
+        self.console = ConsoleService(lambda: self.observed)  # console: the read API
+        self.registry = CollectorRegistry()
+        self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
+        self.health = HealthStatus(overall=NOT_SERVING)
+        self.health.set(SERVICE_NAME, NOT_SERVING)
+        self.readiness = Readiness(
+            {
+                "store": self._store_ready,
+                "watch": self._watch_running,
+                "accepting": self._accepting,
+            }
+        )
+        # The readiness results of the last health poll, for the actions_ready gauge.
+        self.last_readiness: list[tuple[str, bool]] = []
+        self._store_why = "ok"  # last reason logged, so that a change is logged once
+        self.registry.register(
+            ServiceCollector(
+                self.metrics,
+                fanout=lambda: self.fanout,
+                store=lambda: self.store,
+                readiness=lambda: self.last_readiness,
+            )
+        )
+        self.app = self._connect_app()
+        self.app.shutdown.on_begin(self._on_shutdown)
+        # What a client can make the server hold: calls in flight, and the tasks behind them.
+        app = self.app
+        Gauge("actions_open_calls", "RPCs accepted and not yet over.", registry=self.registry
+              ).set_function(lambda: app.open_calls)  # fmt: skip
+        Gauge("actions_trio_tasks", "Trio tasks alive.", registry=self.registry).set_function(
+            trio_task_count
+        )
+
+    def _connect_app(self) -> ConnectApp:
+        config = self.config
+        interceptors: list[Interceptor] = []
+        if config.auth_token_file is not None:
+            interceptors.append(BearerAuth.from_file(config.auth_token_file))
+        observers: list[Observer] = [RpcMetrics(self.registry)]
+        if config.access_log:
+            observers.append(AccessLog())
+        services: list[tuple[ServiceDescriptor, object]] = [
+            (SERVICE_DESCRIPTOR, self.service),
+            (HEALTH_SERVICE, HealthService(self.health)),
+            (CONSOLE_SERVICE, self.console),  # console
+        ]
+        services += reflection_services([descriptor for descriptor, _ in services])
+        return ConnectApp(
+            services,
+            lifespan=self.lifespan,
+            max_message_size=config.max_message_size,
+            http_routes={
+                "/healthz": healthz_app,
+                "/readyz": self.readiness.app,
+                "/metrics": metrics_app(self.registry),
+                **static_routes(),  # console: the web console at / (static files)
+            },
+            interceptors=interceptors,
+            observers=observers,
+            request_id_header=REQUEST_ID_HEADER,
+            max_streams=config.max_server_streams,
+            max_streams_per_method=(
+                {WATCH_PATH: config.max_watch_subscriptions}
+                if config.max_watch_subscriptions is not None
+                else None
+            ),
+            max_streams_per_connection=config.max_server_streams_per_connection,
+            write_timeout=config.write_timeout,
+        )
+
+    # -- shutdown
 
     def begin_shutdown(self) -> None:
         """End every watch stream now (UNAVAILABLE) and refuse new calls, so that
@@ -171,161 +318,111 @@ class ActionsApplication:
         if self.fanout is not None:
             self.fanout.shutdown()
 
+    # -- the store
 
-def build_app(config: Config, *, open_store: OpenStore | None = None) -> ActionsApplication:
-    """``open_store`` defaults to the opener of ``config.store``."""
-    config.validate()
-    opener = open_store or STORE_OPENERS[config.store]
-    service = ActionsService(namespace=config.namespace)
-    registry = CollectorRegistry()
-    counters = FanOutMetrics(observe_lag=lag_histogram(registry).observe)
-    health = HealthStatus(overall=NOT_SERVING)
-    health.set(SERVICE_NAME, NOT_SERVING)
-    holder: list[ActionsApplication] = []
+    async def open_store(self) -> None:
+        """Open the store now, before serving, so that a store that cannot be opened is
+        a start-up error (``StartupError`` naming the path or API server and the
+        cause) rather than a failed lifespan. The lifespan then uses this store;
+        ``close_unused_store`` closes it when the lifespan never ran."""
+        if self._opened is None:
+            self._opened = await self._open_store(self.config)
 
-    def this() -> ActionsApplication:
-        return holder[0]
-
-    last_why: list[str] = ["ok"]
-
-    def store_check() -> bool:
-        store = this().store
-        if store is None:
-            return False
-        ok, why = store_ready(store)
-        if why != last_why[0]:
-            # Once per change: a probe every few seconds must not flood the log.
-            (log.info if ok else log.warning)("store readiness: %s", why)
-            last_why[0] = why
-        return ok
-
-    def watch_check() -> bool:
-        fanout = this().fanout
-        return fanout is not None and fanout.running
-
-    def accepting_check() -> bool:
-        return not this().app.shutdown.draining
-
-    readiness = Readiness(
-        {"store": store_check, "watch": watch_check, "accepting": accepting_check}
-    )
-    registry.register(
-        ServiceCollector(
-            counters,
-            fanout=lambda: this().fanout,
-            store=lambda: this().store,
-            readiness=lambda: this().last_readiness,
-        )
-    )
-
-    async def run_store(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the store, run the fan-out on it, and bind the service; ``started()``
-        once watches can be answered."""
-        store = await opener(config)
-        application = this()
-        application.store = store
-        try:
-            fanout = FanOut(
-                store,
-                namespace=config.namespace,
-                workers=config.watch_workers,
-                buffer_size=config.watch_buffer_size,
-                subscriber_buffer=config.subscriber_buffer_size,
-                metrics=counters,
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(fanout.run)
-                if application.app.shutdown.draining:
-                    fanout.shutdown()  # stopping already: refuse watches from the start
-                service.bind(store, fanout)
-                application.fanout = fanout
-                await update_health()
-                task_status.started()
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    fanout.shutdown()
-                    service.bind(None, None)
-                    application.fanout = None
-        finally:
-            application.store = None
+    async def close_unused_store(self) -> None:
+        store, self._opened = self._opened, None
+        if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
-            log.info("store closed")
 
-    async def update_health() -> None:
-        results = await readiness.results()
-        this().last_readiness = results
-        status = SERVING if all(ok for _, ok in results) else NOT_SERVING
-        health.set("", status)
-        health.set(SERVICE_NAME, status)
-
-    async def follow_health() -> None:
-        while True:
-            await update_health()
-            await trio.sleep(HEALTH_POLL_SECONDS)
+    # -- lifespan
 
     @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
+    async def lifespan(self) -> AsyncIterator[None]:
+        """The ASGI lifespan: serving starts once the store is open and the fan-out
+        follows it; on exit the fan-out stops and the store is closed."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_store)
-            nursery.start_soon(follow_health)
+            await nursery.start(self._run_store)
+            nursery.start_soon(self._follow_health)
             try:
                 yield
             finally:
                 nursery.cancel_scope.cancel()
 
-    interceptors: list[Any] = []
-    if config.auth_token_file is not None:
-        interceptors.append(BearerAuth.from_file(config.auth_token_file))
-    observers: list[Any] = [RpcMetrics(registry)]
-    if config.access_log:
-        observers.append(AccessLog())
-    services: list[tuple[Any, object]] = [
-        (SERVICE_DESCRIPTOR, service),
-        (HEALTH_SERVICE, HealthService(health)),
-    ]
-    services += reflection_services([descriptor for descriptor, _ in services])
-    app = ConnectApp(
-        services,
-        lifespan=lifespan,
-        max_message_size=config.max_message_size,
-        http_routes={
-            "/healthz": healthz_app,
-            "/readyz": readiness.app,
-            "/metrics": metrics_app(registry),
-        },
-        interceptors=interceptors,
-        observers=observers,
-        request_id_header=REQUEST_ID_HEADER,
-        max_streams=config.max_server_streams,
-        max_streams_per_method=(
-            {WATCH_PATH: config.max_watch_subscriptions}
-            if config.max_watch_subscriptions is not None
-            else None
-        ),
-        max_streams_per_connection=config.max_server_streams_per_connection,
-        write_timeout=config.write_timeout,
-    )
-    application = ActionsApplication(
-        app=app,
-        service=service,
-        config=config,
-        metrics=counters,
-        registry=registry,
-        health=health,
-        readiness=readiness,
-    )
-    holder.append(application)
-    app.shutdown.on_begin(application._on_shutdown)
-    # What a client can make the server hold: calls in flight, and the tasks behind them.
-    Gauge("actions_open_calls", "RPCs accepted and not yet over.", registry=registry).set_function(
-        lambda: app.open_calls
-    )
-    Gauge("actions_trio_tasks", "Trio tasks alive.", registry=registry).set_function(
-        trio_task_count
-    )
-    return application
+    async def _run_store(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Open the store, run the fan-out on it, and bind the service; ``started()``
+        once watches can be answered. Runs until cancelled, then unbinds and closes."""
+        config = self.config
+        store, self._opened = self._opened, None
+        if store is None:
+            store = await self._open_store(config)
+        self.store = store
+        observed = ObservedStore(store, store_label(config, store))
+        self.observed = observed
+        try:
+            fanout = FanOut(
+                observed,
+                namespace=config.namespace,
+                workers=config.watch_workers,
+                buffer_size=config.watch_buffer_size,
+                subscriber_buffer=config.subscriber_buffer_size,
+                metrics=self.metrics,
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fanout.run)
+                if self.app.shutdown.draining:
+                    fanout.shutdown()  # stopping already: refuse watches from the start
+                self.service.bind(observed, fanout)
+                self.fanout = fanout
+                await self._update_health()
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    fanout.shutdown()
+                    self.service.bind(None, None)
+                    self.fanout = None
+        finally:
+            self.store = self.observed = None
+            with trio.CancelScope(shield=True):
+                await observed.aclose()
+            log.info("store closed")
+
+    async def _follow_health(self) -> None:
+        while True:
+            await self._update_health()
+            await trio.sleep(HEALTH_POLL_SECONDS)
+
+    async def _update_health(self) -> None:
+        results = await self.readiness.results()
+        self.last_readiness = results
+        status = SERVING if all(ok for _, ok in results) else NOT_SERVING
+        self.health.set("", status)
+        self.health.set(SERVICE_NAME, status)
+
+    # -- readiness checks
+
+    def _store_ready(self) -> bool:
+        if self.observed is None:
+            return False
+        ok, why = self.observed.ready()
+        if why != self._store_why:
+            # Once per change: a probe every few seconds must not flood the log.
+            (log.info if ok else log.warning)("store readiness: %s", why)
+            self._store_why = why
+        return ok
+
+    def _watch_running(self) -> bool:
+        return self.fanout is not None and self.fanout.running
+
+    def _accepting(self) -> bool:
+        return not self.app.shutdown.draining
+
+
+def build_app(config: Config, *, open_store: OpenStore | None = None) -> ActionsApplication:
+    """``ActionsApplication(config, open_store=open_store)``."""
+    return ActionsApplication(config, open_store=open_store)
 
 
 def hypercorn_config(config: Config) -> RpcConfig:
@@ -344,6 +441,37 @@ def hypercorn_config(config: Config) -> RpcConfig:
     )
 
 
+class _BoundListener(RpcConfig):
+    """The listener configuration with its sockets bound already (``bind_listener``):
+    hypercorn asks ``create_sockets`` for them after the lifespan started."""
+
+    bound: Sockets | None = None
+
+    def create_sockets(self) -> Sockets:
+        if self.bound is None:
+            return super().create_sockets()
+        sockets, self.bound = self.bound, None
+        return sockets
+
+
+def bind_listener(config: Config, hconfig: RpcConfig) -> _BoundListener:
+    """Bind the port now, before anything else is opened or created; raises
+    ``StartupError`` naming the address and the cause (in use, privileged, not ours)."""
+    listener = _BoundListener()
+    listener.__dict__.update(vars(hconfig))
+    try:
+        listener.bound = hconfig.create_sockets()
+    except OSError as exc:
+        raise preflight.bind_error(config.host, config.port, exc) from None
+    return listener
+
+
+def _close_sockets(sockets: Sockets | None) -> None:
+    if sockets is not None:
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+            sock.close()
+
+
 async def serve(
     config: Config,
     *,
@@ -353,11 +481,21 @@ async def serve(
 ) -> None:
     """Serve until cancelled; ``task_status.started`` gets the bound port (useful with
     port 0). On cancellation the watch streams end first, then hypercorn shuts down
-    gracefully and the lifespan closes the store."""
-    application = build_app(config, open_store=open_store)
+    gracefully and the lifespan closes the store.
+
+    Start-up runs in the order that creates nothing before the configuration is known
+    to work: bind the port, check and open the store, then answer. Each step that fails
+    raises ``StartupError`` (one line naming the port, path or API server and why)."""
+    application = ActionsApplication(config, open_store=open_store)
     hconfig = hypercorn_config(config)
     if graceful_timeout is not None:
         hconfig.graceful_timeout = graceful_timeout
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_asgi, application.app, hconfig)
-        task_status.started(port)
+    listener = bind_listener(config, hconfig)
+    try:
+        await application.open_store()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_asgi, application.app, listener)
+            task_status.started(port)
+    finally:
+        _close_sockets(listener.bound)  # still ours when hypercorn never took them
+        await application.close_unused_store()

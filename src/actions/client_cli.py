@@ -13,12 +13,15 @@ Every command takes ``--url`` (default http://127.0.0.1:8091), ``--token`` (or t
 ``--ca-file`` for a private CA, ``--http2`` and ``--timeout``. Identity flags default to
 ``ACTIONS_ORG``, ``ACTIONS_PROJECT``, ``ACTIONS_DOMAIN`` and ``ACTIONS_RUN`` when set.
 
-Exit codes: 0 success; 2 bad usage or input; 10 + the gRPC code number for an RPC
-failure (``error: <code>: <message>`` on stderr), e.g. 15 for not_found, 24 for unavailable;
-130 when interrupted.
+Exit codes: see ``EXIT_CODES_HELP`` (printed by ``--help``).
 
-``watch --until-done`` ends once the parent has at least one child and every child is
-terminal (a watch on a parent with no children yet keeps waiting for them).
+``watch`` shows the parent's direct children. A parent that does not exist (the
+snapshot has neither it nor any child) is an error (``not_found``, exit 15) rather than
+a wait. A parent without children (a leaf) is watched until children appear, or, with
+``--until-done``, until it is itself terminal. ``--until-done`` ends once every child
+is terminal, and exits 1 when any FAILED, was ABORTED or TIMED_OUT. When every child
+is terminal and one was aborted, ``watch`` checks whether the parent still exists; an
+aborted (deleted) parent ends the watch with exit status 1.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -40,23 +43,35 @@ from flyteidl2.common import identifier_pb2, phase_pb2
 from flyteidl2.core import literals_pb2, types_pb2
 from flyteidl2.workflow import run_definition_pb2
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
-# The watch view was split out of this module; "X as X" keeps its names importable here.
-from actions.watch_view import TERMINAL_PHASES as TERMINAL_PHASES
-from actions.watch_view import ChildRow as ChildRow
-from actions.watch_view import Screen, WatchState, phase_name
-from actions.watch_view import format_duration as format_duration
-from actions.watch_view import render_table as render_table
+from actions.cli_parsing import SuggestingParser
+from actions.phases import name as phase_name
+from actions.watch_follow import OpenStream, follow_watch
+from actions.watch_view import JsonLines, Screen, TableView, WatchState
 from connect_proto import Code, ConnectClient, RpcError
 
 SERVICE: Final = "/flyteidl2.actions.ActionsService/"
 DEFAULT_URL: Final = "http://127.0.0.1:8091"
+EXIT_UNSUCCESSFUL: Final = 1  # watch: a child failed, was aborted or timed out
 EXIT_USAGE: Final = 2
 EXIT_RPC_BASE: Final = 10
 EXIT_INTERRUPTED: Final = 130
+EXIT_CODES_HELP: Final = """\
+exit status of enqueue, update, abort, signal and watch:
+  0   done (watch --until-done: every child succeeded)
+  1   watch: a child FAILED, was ABORTED or TIMED_OUT (--until-done), or the parent
+      was aborted
+  2   bad usage or input (unknown flag, missing value, URL without http:// or https://)
+  10+ the RPC failed: 10 + the gRPC code, with "error: <code>: <message>" on stderr;
+      e.g. 13 invalid_argument, 15 not_found (also: watch of a parent that does not
+      exist), 16 already_exists, 19 failed_precondition, 24 unavailable
+  130 interrupted (Ctrl-C)
+"""
 # A watch may be silent for hours: no read timeout, but bounded connect and write.
 WATCH_TIMEOUT: Final = httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0)
 WATCH_MAX_RECONNECTS: Final = 5
+PROBE_SECONDS: Final = 10.0  # to tell whether a watched parent still exists
 
 ActionPhase = phase_pb2.ActionPhase
 PHASE_PREFIX: Final = "ACTION_PHASE_"
@@ -66,6 +81,23 @@ CLIENT_COMMANDS: Final = frozenset({"enqueue", "update", "abort", "signal", "wat
 
 class UsageError(Exception):
     """Bad flags or input file: reported as invalid_argument, exit code 2."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def parse_url(text: str) -> str:
+    """``--url``: an http:// or https:// URL with a host; anything else is a usage
+    error (a bare ``localhost:8091`` would otherwise fail as unreachable)."""
+    try:
+        url = httpx.URL(text.strip())
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected http://HOST:PORT or https://HOST:PORT"
+        )
+    return str(url).rstrip("/")
 
 
 # --------------------------------------------------------------------------- phases
@@ -164,10 +196,13 @@ def build_enqueue(args: argparse.Namespace) -> pb.EnqueueRequest:
             return json_format.Parse(_read_json_file(args.file), pb.EnqueueRequest())
         except json_format.ParseError as exc:
             raise UsageError(f"{args.file}: {exc}") from None
-    _require(args, (*IDENTITY, "action", "input_uri", "run_output_base"))
+    # A condition has no inputs (it waits for a signal), but the IDL wants a non-empty
+    # input_uri on every action: unless given, it is the run's output base.
+    needed = ("run_output_base",) if args.type == "condition" else ("input_uri", "run_output_base")
+    _require(args, (*IDENTITY, "action", *needed))
     action = pb.Action(
         action_id=action_id(args, args.action),
-        input_uri=args.input_uri,
+        input_uri=args.input_uri or args.run_output_base,
         run_output_base=args.run_output_base,
         group=args.group or "",
     )
@@ -248,9 +283,8 @@ def make_client(args: argparse.Namespace, *, streaming: bool = False) -> Connect
             verify = ssl.create_default_context(cafile=args.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(f"--ca-file {args.ca_file}: {exc}") from None
-    # ConnectClient hands its timeout to httpx unchanged, so an httpx.Timeout (no read
-    # limit) can stand in for the float for a long-lived watch.
-    timeout: Any = WATCH_TIMEOUT if streaming else args.timeout
+    # A long-lived watch gets an httpx.Timeout without a read limit.
+    timeout: httpx.Timeout | float = WATCH_TIMEOUT if streaming else args.timeout
     return ConnectClient(
         args.url, http2=args.http2, headers=headers, verify=verify, timeout=timeout
     )
@@ -263,8 +297,8 @@ def _timeout_ms(args: argparse.Namespace) -> int | None:
 async def _unary(
     args: argparse.Namespace,
     method: str,
-    request: Any,
-    response_type: type[Any],
+    request: Message,
+    response_type: type[Message],
     out: TextIO,
     done: str,
 ) -> int:
@@ -278,41 +312,51 @@ def _label(args: argparse.Namespace, name: str) -> str:
     return f"{args.org}/{args.project}/{args.domain}/{args.run}/{name}"
 
 
-async def cmd_enqueue(args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_enqueue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request = build_enqueue(args)
     a = request.action.action_id
     label = f"{a.run.org}/{a.run.project}/{a.run.domain}/{a.run.name}/{a.name}"
     return await _unary(args, "Enqueue", request, pb.EnqueueResponse, out, f"enqueued {label}")
 
 
-async def cmd_update(args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_update(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request = build_update(args)
     done = f"updated {_label(args, args.action)}: {phase_name(args.phase)}"
     return await _unary(args, "Update", request, pb.UpdateResponse, out, done)
 
 
-async def cmd_abort(args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_abort(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request = build_abort(args)
     done = f"aborted {_label(args, args.action)}"
     return await _unary(args, "Abort", request, pb.AbortResponse, out, done)
 
 
-async def cmd_signal(args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_signal(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request = build_signal(args)
     done = f"signalled {_label(args, args.action)}"
     return await _unary(args, "Signal", request, pb.SignalResponse, out, done)
 
 
-async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
+async def cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request = build_watch(args)
-    state = WatchState(
-        run=f"{args.org}/{args.project}/{args.domain}/{args.run}",
-        parent=args.parent_name,
-        started=time.monotonic(),
-    )
+    run = f"{args.org}/{args.project}/{args.domain}/{args.run}"
+    state = WatchState(run=run, parent=args.parent_name, started=time.monotonic())
     live = not args.json and out.isatty()
     screen = Screen(out, live=live, color=live and not os.environ.get("NO_COLOR"))
+    sink: JsonLines | TableView = JsonLines(out) if args.json else TableView(screen)
     async with make_client(args, streaming=True) as client:
+
+        def open_stream() -> AsyncGenerator[pb.WatchForUpdatesResponse, None]:
+            return client.server_stream(
+                SERVICE + "WatchForUpdates",
+                request,
+                pb.WatchForUpdatesResponse,
+                timeout_ms=_timeout_ms(args),
+            )
+
+        async def probe_parent() -> bool:
+            return await parent_exists(open_stream, args.parent_name)
+
         error: RpcError | None = None
         async with trio.open_nursery() as nursery:
             if live:
@@ -320,79 +364,52 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO) -> int:
             # Errors are carried out of the nursery by hand: raised inside it they would
             # arrive wrapped in an ExceptionGroup.
             try:
-                await _follow_with_reconnects(client, request, args, state, screen, out)
+                await follow_watch(
+                    open_stream, state, sink, until_done=args.until_done,
+                    probe_parent=probe_parent,
+                )  # fmt: skip
             except RpcError as exc:
                 error = exc
             finally:
                 nursery.cancel_scope.cancel()
         if error is not None:
             raise error
-    if not args.json and not live:
-        screen.draw(state, time.monotonic())
-    return 0
+    if state.parent_missing():
+        raise RpcError(Code.NOT_FOUND, f"parent action {args.parent_name!r} not found in run {run}")
+    sink.finish(state, time.monotonic())
+    return _watch_outcome(state, err)
 
 
-async def _follow_with_reconnects(
-    client: ConnectClient,
-    request: pb.WatchForUpdatesRequest,
-    args: argparse.Namespace,
-    state: WatchState,
-    screen: Screen,
-    out: TextIO,
-) -> None:
-    """Follow the stream; after an UNAVAILABLE on a stream that had synced, reconnect
-    with backoff and rebuild from the new snapshot, as the contract asks of clients. A
-    server that never answered fails at once (a typo in --url should not hang)."""
-    ever_synced = False
-    failures = 0
-    while True:
+def _watch_outcome(state: WatchState, err: TextIO) -> int:
+    """0, or ``EXIT_UNSUCCESSFUL`` saying why on ``err``."""
+    if state.parent_gone:
+        err.write(f"parent action {state.parent!r} was aborted (it no longer exists)\n")
+        return EXIT_UNSUCCESSFUL
+    if not state.done():
+        return 0  # the server ended the stream
+    bad = state.unsuccessful()
+    if not bad:
+        return 0
+    listed = ", ".join(f"{row.name} {phase_name(row.phase)}" for row in bad[:10])
+    more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+    err.write(f"{len(bad)} of {len(state.children)} children did not succeed: {listed}{more}\n")
+    return EXIT_UNSUCCESSFUL
+
+
+async def parent_exists(open_stream: OpenStream, parent: str) -> bool:
+    """Whether a fresh snapshot has ``parent`` in it (True when that cannot be told
+    within ``PROBE_SECONDS``: the watch goes on)."""
+    with trio.move_on_after(PROBE_SECONDS):
         try:
-            await _follow(client, request, args, state, screen, out)
-            return  # the server ended the stream, or --until-done was met
-        except RpcError as exc:
-            if state.synced:
-                ever_synced, failures = True, 0
-            if exc.code is not Code.UNAVAILABLE or not ever_synced:
-                raise
-            if failures >= WATCH_MAX_RECONNECTS:
-                raise
-            failures += 1
-            state.resync()
-            await trio.sleep(min(5.0, 0.25 * 2**failures))
-
-
-async def _follow(
-    client: ConnectClient,
-    request: pb.WatchForUpdatesRequest,
-    args: argparse.Namespace,
-    state: WatchState,
-    screen: Screen,
-    out: TextIO,
-) -> None:
-    stream = client.server_stream(
-        SERVICE + "WatchForUpdates",
-        request,
-        pb.WatchForUpdatesResponse,
-        timeout_ms=_timeout_ms(args),
-    )
-    async with aclosing(stream) as responses:  # type: ignore[type-var]
-        async for response in responses:
-            now = time.monotonic()
-            was_synced = state.synced
-            changed = state.apply(response, now)
-            if args.json:
-                out.write(json_format.MessageToJson(response, indent=None) + "\n")
-                out.flush()
-            elif changed and screen.live and state.synced:
-                screen.draw(state, now)  # (the ticker shows progress while loading)
-            elif changed and not was_synced and state.synced:
-                screen.draw(state, now)  # the snapshot, once
-            elif changed and state.synced and response.WhichOneof("message") == "action_update":
-                row = state.children.get(response.action_update.action_id.name)
-                if row is not None:
-                    screen.event(row)
-            if args.until_done and state.done():
-                return
+            async with aclosing(open_stream()) as responses:
+                async for response in responses:
+                    if response.WhichOneof("message") == "control_message":
+                        return False
+                    if response.action_update.action_id.name == parent:
+                        return True
+        except RpcError:
+            return True
+    return True
 
 
 async def _tick(screen: Screen, state: WatchState) -> None:
@@ -402,7 +419,8 @@ async def _tick(screen: Screen, state: WatchState) -> None:
         screen.draw(state, time.monotonic())
 
 
-COMMANDS: Final[dict[str, Callable[[argparse.Namespace, TextIO], Any]]] = {
+Command = Callable[[argparse.Namespace, TextIO, TextIO], Awaitable[int]]
+COMMANDS: Final[dict[str, Command]] = {
     "enqueue": cmd_enqueue,
     "update": cmd_update,
     "abort": cmd_abort,
@@ -422,7 +440,7 @@ async def run_client_command_async(
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        return int(await COMMANDS[args.client_command](args, out))
+        return await COMMANDS[args.client_command](args, out, err)
     except UsageError as exc:
         err.write(f"error: {Code.INVALID_ARGUMENT.connect_name}: {exc}\n")
         return EXIT_USAGE
@@ -458,7 +476,8 @@ def _env(name: str) -> str | None:
 def _common(timeout: float | None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("connection")
-    conn.add_argument("--url", default=DEFAULT_URL, help=f"service URL (default {DEFAULT_URL})")
+    conn.add_argument("--url", type=parse_url, default=DEFAULT_URL,
+                      help=f"service URL, http:// or https:// (default {DEFAULT_URL})")  # fmt: skip
     conn.add_argument("--token", help="bearer token (default $ACTIONS_TOKEN)")
     conn.add_argument("--ca-file", help="PEM file of CA certificates to trust for https")
     conn.add_argument("--http2", action="store_true", help="use HTTP/2 (h2c prior knowledge)")
@@ -468,76 +487,100 @@ def _common(timeout: float | None) -> argparse.ArgumentParser:
         default=timeout,
         help=f"deadline in seconds (default {timeout or 'none'})",
     )
-    run = common.add_argument_group("run identity (defaults: $ACTIONS_ORG etc.)")
+    run = common.add_argument_group("run identity")
     for name in IDENTITY:
-        run.add_argument(f"--{name}", default=_env(name))
+        env = f"ACTIONS_{name.upper()}"
+        run.add_argument(f"--{name}", default=_env(name),
+                         help=f"the run's {name} (default ${env})")  # fmt: skip
     return common
 
 
-def add_client_commands(subparsers: Any) -> None:
+def _subcommand(
+    subparsers: argparse._SubParsersAction[Any], name: str, parent: argparse.ArgumentParser,
+    help: str,
+) -> argparse.ArgumentParser:  # fmt: skip
+    return subparsers.add_parser(  # type: ignore[no-any-return]
+        name,
+        parents=[parent],
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_client_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add enqueue, update, abort, signal and watch to an argparse ``add_subparsers()``.
 
     Each sets ``client_command``; pass the parsed namespace to ``run_client_command``.
     """
     common = _common(timeout=30.0)
 
-    enqueue = subparsers.add_parser("enqueue", parents=[common], help="enqueue an action")
+    enqueue = _subcommand(subparsers, "enqueue", common, "enqueue an action")
     enqueue.add_argument("--file", help="EnqueueRequest in proto JSON ('-' for stdin)")
     enqueue.add_argument("--action", help="action name")
     enqueue.add_argument("--parent", help="parent action name (omit for a root action)")
-    enqueue.add_argument("--type", choices=("task", "trace", "condition"), default="task")
-    enqueue.add_argument("--input-uri")
-    enqueue.add_argument("--run-output-base")
-    enqueue.add_argument("--group")
+    enqueue.add_argument("--type", choices=("task", "trace", "condition"), default="task",
+                         help="kind of action (default task)")  # fmt: skip
+    enqueue.add_argument("--input-uri", help="where the action's inputs are (a condition "
+                         "needs none: default --run-output-base)")  # fmt: skip
+    enqueue.add_argument("--run-output-base", help="base URI of the run's outputs")
+    enqueue.add_argument("--group", help="group name shown with the action (optional)")
     enqueue.add_argument("--name", help="trace or condition name (default: the action name)")
-    task = enqueue.add_argument_group("task")
-    task.add_argument("--task-name", default="main.task", help="task id name")
-    task.add_argument("--task-version", default="v1")
-    task.add_argument("--task-type", default="python-task")
-    task.add_argument("--short-name")
-    task.add_argument("--cache-key")
-    task.add_argument("--queue")
-    trace = enqueue.add_argument_group("trace")
-    trace.add_argument("--output-uri")
-    trace.add_argument("--trace-phase", type=parse_phase, default=phase_pb2.ACTION_PHASE_SUCCEEDED)
-    cond = enqueue.add_argument_group("condition")
-    cond.add_argument("--condition-type", choices=VALUE_TYPES, default="bool")
-    cond.add_argument("--prompt")
+    task = enqueue.add_argument_group("task (--type task)")
+    task.add_argument("--task-name", default="main.task", help="task id name (default main.task)")
+    task.add_argument("--task-version", default="v1", help="task version (default v1)")
+    task.add_argument("--task-type", default="python-task",
+                      help="task template type (default python-task)")  # fmt: skip
+    task.add_argument("--short-name", help="display name (default: last part of --task-name)")
+    task.add_argument("--cache-key", help="cache key, to reuse an earlier result")
+    task.add_argument("--queue", help="queue the executor takes it from")
+    trace = enqueue.add_argument_group("trace (--type trace)")
+    trace.add_argument("--output-uri", help="where the trace's outputs are")
+    trace.add_argument("--trace-phase", type=parse_phase, default=phase_pb2.ACTION_PHASE_SUCCEEDED,
+                       help="the trace's phase (default succeeded)")  # fmt: skip
+    cond = enqueue.add_argument_group("condition (--type condition)")
+    cond.add_argument("--condition-type", choices=VALUE_TYPES, default="bool",
+                      help="type of the value a signal must carry (default bool)")  # fmt: skip
+    cond.add_argument("--prompt", help="question shown to whoever signals it")
     enqueue.set_defaults(client_command="enqueue")
 
-    update = subparsers.add_parser("update", parents=[common], help="report an action's phase")
-    update.add_argument("--action")
-    update.add_argument("--phase", type=parse_phase, required=True, help="e.g. running")
-    update.add_argument("--attempt", type=int, default=1)
+    update = _subcommand(subparsers, "update", common, "report an action's phase")
+    update.add_argument("--action", help="action name")
+    update.add_argument("--phase", type=parse_phase, required=True,
+                        help="new phase, e.g. running, succeeded, failed")  # fmt: skip
+    update.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
     update.set_defaults(client_command="update")
 
-    abort = subparsers.add_parser("abort", parents=[common], help="abort an action")
-    abort.add_argument("--action")
-    abort.add_argument("--reason")
+    abort = _subcommand(subparsers, "abort", common, "abort an action and its descendants")
+    abort.add_argument("--action", help="action name")
+    abort.add_argument("--reason", help="why (recorded on the action and logged)")
     abort.set_defaults(client_command="abort")
 
-    signal = subparsers.add_parser("signal", parents=[common], help="resolve a condition")
-    signal.add_argument("--action")
+    signal = _subcommand(subparsers, "signal", common, "resolve a condition with a value")
+    signal.add_argument("--action", help="the condition's action name")
     signal.add_argument("--parent", help="the condition's parent action name")
-    signal.add_argument("--value", required=True)
-    signal.add_argument("--value-type", "--type", choices=VALUE_TYPES, required=True)
+    signal.add_argument("--value", required=True, help="the value, e.g. true, 3, 2.5, text")
+    signal.add_argument("--value-type", "--type", choices=VALUE_TYPES, required=True,
+                        help="how to read --value")  # fmt: skip
     signal.set_defaults(client_command="signal")
 
     # Its own copy of the shared options: a watch has no deadline unless asked. (Parents
     # share action objects, so set_defaults here would change every command's default.)
-    watch = subparsers.add_parser(
-        "watch", parents=[_common(timeout=None)], help="watch a parent's children"
-    )
+    watch = _subcommand(subparsers, "watch", _common(timeout=None), "watch a parent's children")
     watch.add_argument("parent_name", metavar="PARENT", help="parent action name")
-    watch.add_argument("--until-done", action="store_true", help="exit when all are terminal")
+    watch.add_argument("--until-done", action="store_true",
+                       help="exit once every child is terminal (status 1 if any did not "
+                       "succeed)")  # fmt: skip
     watch.add_argument("--json", action="store_true", help="print raw updates as JSON lines")
     watch.set_defaults(client_command="watch")
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = SuggestingParser(
         prog="python -m actions.client_cli",
         description=__doc__,
+        epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_client_commands(top.add_subparsers(dest="command", required=True))

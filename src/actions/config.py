@@ -41,7 +41,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -49,7 +49,8 @@ from actions.kube_names import is_dns_label
 
 CONFIG_ENV: Final = "ACTIONS_CONFIG"  # path of the YAML file, when --config is not given
 STORE_KINDS: Final = ("embedded", "kubernetes", "memory")
-LOG_FORMATS: Final = ("plain", "json")
+LogFormat = Literal["plain", "json"]
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("plain", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -99,7 +100,7 @@ class Config:
     max_server_streams_per_connection: int | None = 500
     max_message_size: int = 4 * 1024 * 1024
     # Logs.
-    log_format: str = "plain"
+    log_format: LogFormat = "plain"
     log_level: str = "INFO"
     access_log: bool = True
 

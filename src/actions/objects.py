@@ -186,7 +186,10 @@ def initial_status(obj: KubeObject, action: Action, now: str) -> dict[str, Any]:
 def phase_of_object(obj: KubeObject) -> phases.Phase:
     phase = phases.phase_of(obj.get("status"))
     if phase == phases.UNSPECIFIED:
-        return INITIAL_PHASE.get(obj.get("spec", {}).get("actionType", TYPE_TASK), phases.QUEUED)
+        initial: phases.Phase = INITIAL_PHASE.get(
+            obj.get("spec", {}).get("actionType", TYPE_TASK), phases.QUEUED
+        )
+        return initial
     return phase
 
 
@@ -222,7 +225,8 @@ def watch_key_of(obj: KubeObject) -> WatchKey | None:
 def output_uri_of(obj: KubeObject, default_namespace: str) -> str:
     spec = obj["spec"]
     if spec.get("actionType") == TYPE_TRACE and spec.get("traceOutputUri"):
-        return spec["traceOutputUri"]
+        uri: str = spec["traceOutputUri"]
+        return uri
     meta = obj["metadata"]
     attempts = int((obj.get("status") or {}).get("attempts") or 0)
     return naming.output_uri(
@@ -244,7 +248,7 @@ def action_update(
         phase = phases.ABORTED
     update = ActionUpdate(
         action_id=action_id_of(obj),
-        phase=phase,  # type: ignore[arg-type]
+        phase=phase,
         output_uri=output_uri_of(obj, default_namespace),
     )
     status = obj.get("status") or {}

@@ -1,7 +1,11 @@
-"""Phases as Kubernetes-style conditions on ``status.conditions`` (the contract's table).
+"""Phases as Kubernetes-style conditions on ``status.conditions``.
 
 Three condition types are always written together so that exactly one is True:
-``Progressing`` for live phases, ``Succeeded`` and ``Failed`` for terminal ones.
+``Progressing`` for live phases, ``Succeeded`` and ``Failed`` for terminal ones; the
+reason names the phase (``_CONDITION`` below is the whole mapping). Conditions follow the
+Kubernetes API conventions ("Typical status properties": ``type``, ``status``,
+``reason``, ``message``, ``lastTransitionTime``), https://github.com/kubernetes/community/
+blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
 """
 
 from __future__ import annotations
@@ -104,14 +108,17 @@ def conditions_for(
         status = "True" if t == ctype else "False"
         cond_reason = reason if t == ctype or t == PROGRESSING else "NotReached"
         old = before.get(t)
-        changed = old is None or old.get("status") != status
+        if old is None or old.get("status") != status:
+            transition_time = now
+        else:
+            transition_time = old.get("lastTransitionTime", now)
         out.append(
             {
                 "type": t,
                 "status": status,
                 "reason": cond_reason,
                 "message": message if t == ctype else "",
-                "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+                "lastTransitionTime": transition_time,
             }
         )
     return out

@@ -7,7 +7,6 @@ pure, they are re-run unchanged on a fresh read after a write conflict.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from flyteidl2.core.catalog_pb2 import CatalogCacheStatus
@@ -15,6 +14,7 @@ from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import objects, phases, timefmt
@@ -49,7 +49,15 @@ def set_phase(status: Status, phase: phases.Phase, now: str, *, message: str = "
 
 
 def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) -> Status | None:
-    """The status after an ``Update``; see the contract's Update section."""
+    """The status after an ``Update``, or None when it changes nothing.
+
+    An unknown phase is INVALID_ARGUMENT. An attempt older than the attempts already
+    recorded is FAILED_PRECONDITION (a superseded executor). A terminal phase is final:
+    repeating it, or leaving the phase unset, is a no-op; moving elsewhere is
+    FAILED_PRECONDITION. Otherwise the phase moves (unset keeps the current one), the
+    attempt count only grows, and the cache status and the optional start time, end
+    time and duration replace what was stored.
+    """
     stored: Status = obj.get("status") or {}
     current = objects.phase_of_object(obj)
     stored_attempts = int(stored.get("attempts") or 0)
@@ -70,7 +78,9 @@ def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) ->
             Code.FAILED_PRECONDITION,
             f"action is already {phases.name(current)}; cannot move to {phases.name(requested)}",
         )
-    new = copy.deepcopy(stored)
+    # Every change below replaces a top-level key (set_phase builds new lists), so a
+    # shallow copy keeps ``stored`` intact for the no-op comparison at the end.
+    new = dict(stored)
     now = timefmt.now()
     target = current if requested == phases.UNSPECIFIED else requested
     if not stored.get("conditions") or target != current:
@@ -120,17 +130,27 @@ def signal_kind(value: Literal) -> str | None:
 
 
 def same_signal(a: Literal, b: Literal) -> bool:
+    """Both literals hold the same primitive member with the same value."""
     pa, pb = a.scalar.primitive, b.scalar.primitive
     kind = pa.WhichOneof("value")
-    return kind == pb.WhichOneof("value") and getattr(pa, kind) == getattr(pb, kind)
+    if kind is None or kind != pb.WhichOneof("value"):
+        return False
+    return bool(getattr(pa, kind) == getattr(pb, kind))
 
 
 def apply_signal(
     obj: objects.KubeObject,
     value: Literal,
-    signalled_by: Any | None,
+    signalled_by: Message | None,
 ) -> Status | None:
-    """The status after a ``Signal``; see the contract's Signal section."""
+    """The status after a ``Signal``, or None when it changes nothing.
+
+    Only a condition action takes a signal (else FAILED_PRECONDITION), and only a
+    concrete bool, int, float or string literal of the condition's declared simple type
+    (else INVALID_ARGUMENT). The same value again is a no-op; another value, or a signal
+    to a condition already terminal, is FAILED_PRECONDITION. The signal records the
+    value, when and (if known) by whom, and makes the condition SUCCEEDED.
+    """
     spec = obj.get("spec") or {}
     if spec.get("actionType") != objects.TYPE_CONDITION:
         raise RpcError(Code.FAILED_PRECONDITION, "action is not a condition")
@@ -154,7 +174,7 @@ def apply_signal(
     current = objects.phase_of_object(obj)
     if phases.is_terminal(current):
         raise RpcError(Code.FAILED_PRECONDITION, f"condition is already {phases.name(current)}")
-    new = copy.deepcopy(stored)
+    new = dict(stored)  # top-level keys only change, as in apply_update
     now = timefmt.now()
     signal: dict[str, Any] = {
         "value": objects.b64(value.SerializeToString(deterministic=True)),

@@ -78,9 +78,12 @@ _PAUSED_MESSAGE: Final = (
 
 
 def field_path(violation: protovalidate.Violation) -> str:
+    """``a.b[0].c``; empty for a rule on the message itself, which names no field."""
+    path = violation.proto.field
+    if path is None:
+        return ""
     parts: list[str] = []
-    field = violation.proto.field
-    for element in field.elements if field is not None else ():
+    for element in path.elements:
         name = element.field_name
         subscript = element.subscript  # a repeated index or map key, when present
         if subscript is not None:

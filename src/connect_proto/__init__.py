@@ -14,7 +14,7 @@ Layers, each a private package:
   ``runner``, the I/O of one call (body, deadline scope, disconnect watcher); the
   open-stream limiter; the shutdown signal that ends open streams with UNAVAILABLE.
 - ``_server``: serving under hypercorn's trio worker, reloadable TLS, and the protocol
-  fixes hypercorn 0.18 needs (subclasses bound when the server starts).
+  fixes hypercorn 0.18 needs.
 - ``_extras``: optional parts, all opt-in: bearer-token auth, Prometheus metrics, logs and
   the access log, gRPC health, reflection, CORS.
 - Seams at the top: ``_errors`` (codes and ``RpcError``), ``_headers``, ``_context``,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -44,7 +44,9 @@ class ConnectClient:
     """Connect protocol client.
 
     ``path`` arguments are ``/pkg.Service/Method``; ``timeout_ms`` becomes
-    ``Connect-Timeout-Ms``. Failures raise ``RpcError``.
+    ``Connect-Timeout-Ms``. ``timeout`` (seconds, or an ``httpx.Timeout`` with separate
+    limits) bounds the HTTP exchange of a call without ``timeout_ms``. Failures raise
+    ``RpcError``.
     """
 
     def __init__(
@@ -56,7 +58,7 @@ class ConnectClient:
         compression: str | None = None,
         headers: Mapping[str, str] | None = None,
         verify: ssl.SSLContext | str | bool = True,
-        timeout: float = 30.0,
+        timeout: float | httpx.Timeout = 30.0,
         max_message_size: int = 4 * 1024 * 1024,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -135,7 +137,7 @@ class ConnectClient:
         except httpx.TransportError as exc:
             raise RpcError(Code.UNAVAILABLE, f"transport: {exc}") from exc
 
-    def _http_timeout(self, timeout_ms: int | None) -> float:
+    def _http_timeout(self, timeout_ms: int | None) -> float | httpx.Timeout:
         # The server enforces the deadline; give it room to say so before we give up.
         return self._timeout if timeout_ms is None else timeout_ms / 1000 + 5.0
 
@@ -197,7 +199,7 @@ class ConnectClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_ms: int | None = None,
-    ) -> AsyncIterator[M]:
+    ) -> AsyncGenerator[M, None]:
         """Yield each response; raise RpcError on an end-stream error or a missing end."""
         async with self._post(path, request, headers, timeout_ms, streaming=True) as response:
             if response.status_code != 200:

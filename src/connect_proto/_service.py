@@ -1,18 +1,20 @@
 """Routes built once, at start-up, from protobuf service descriptors and a handler object.
 
 Handler methods are looked up by the snake_case form of the RPC name
-(``WatchForUpdates`` -> ``watch_for_updates``) and must have these shapes:
+(``WatchForUpdates`` -> ``watch_for_updates``) and must have these shapes, where ``ctx``
+is a ``RequestContext``:
 
-- unary:            ``async def m(self, request, ctx) -> Response``
-- server streaming: ``async def m(self, request, ctx, send) -> None``
-  where ``send`` is ``async (Response) -> None``; the stream ends when ``m`` returns.
-- client streaming: ``async def m(self, requests, ctx) -> Response``
-  where ``requests`` is an async iterator of Request.
-- bidi streaming:   ``async def m(self, requests, ctx, send) -> None``
+- unary:            ``async def m(self, request: Req, ctx) -> Resp``
+- server streaming: ``async def m(self, request: Req, ctx, send: SendMessage[Resp]) -> None``
+- client streaming: ``async def m(self, requests: AsyncIterator[Req], ctx) -> Resp``
+- bidi streaming:   ``async def m(self, requests: AsyncIterator[Req], ctx,
+  send: SendMessage[Resp]) -> None``
 
-A handler reports failure by raising ``connect_proto.RpcError``. Sending through
-``send`` rather than yielding from an async generator keeps trio nurseries and
-cancel scopes inside the handler legal.
+``SendMessage[Resp]`` (``connect_proto.SendMessage``) is ``async (Resp) -> None``: it
+sends one response message; a stream ends when the handler returns. It is not ASGI's
+``send`` (``AsgiSend``, which takes wire events). A handler reports failure by raising
+``connect_proto.RpcError``. Sending through ``send`` rather than yielding from an async
+generator keeps trio nurseries and cancel scopes inside the handler legal.
 """
 
 from __future__ import annotations

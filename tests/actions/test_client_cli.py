@@ -8,7 +8,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,12 @@ from google.protobuf import json_format
 from servers import TlsFiles
 
 from actions import client_cli as cli
-from actions.app import build_app, open_memory_store
+from actions import watch_view
+from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
 from actions.validation import validate
+from actions.watch_follow import ReconnectPolicy, follow_watch
+from connect_proto._errors import Code, RpcError
 from connect_proto._server.serve import make_config, serve
 
 RUN = ["--org", "o", "--project", "p", "--domain", "development", "--run", "r1"]
@@ -180,10 +183,11 @@ def _update(name: str, phase: int, **kw: Any) -> pb.WatchForUpdatesResponse:
 
 
 SENTINEL = pb.WatchForUpdatesResponse(control_message={"sentinel": True})
+A0 = _update("a0", P.ACTION_PHASE_RUNNING)
 
 
-def _state() -> cli.WatchState:
-    state = cli.WatchState(run="o/p/development/r1", parent="a0", started=100.0)
+def _state() -> watch_view.WatchState:
+    state = watch_view.WatchState(run="o/p/development/r1", parent="a0", started=100.0)
     state.apply(_update("a0", P.ACTION_PHASE_RUNNING), 100.0)
     state.apply(_update("c2", P.ACTION_PHASE_QUEUED), 100.0)
     state.apply(_update("c1", P.ACTION_PHASE_RUNNING, output_uri="s3://b/xt/c1/1"), 100.0)
@@ -203,12 +207,18 @@ def test_watch_state_tracks_phases_and_done() -> None:
     assert state.apply(failed, 106.0)
     assert state.done()
     assert state.counts() == {P.ACTION_PHASE_SUCCEEDED: 1, P.ACTION_PHASE_FAILED: 1}
-    state.resync()
-    assert not state.done() and not state.children
+    state.resync()  # the stream was lost: rows stay on show until the new snapshot
+    assert state.reconnecting and not state.done() and set(state.children) == {"c1", "c2"}
+    assert "(reconnecting…)" in watch_view.render_table(state, 200.0)
+    state.apply(_update("c1", P.ACTION_PHASE_SUCCEEDED), 300.0)
+    state.apply(SENTINEL, 300.0)
+    # c2 was deleted meanwhile; c1 keeps the time its phase was first seen.
+    assert list(state.children) == ["c1"] and state.children["c1"].since == 105.0
+    assert not state.reconnecting and state.parent_phase is None  # not restated either
 
 
 def test_no_children_is_never_done() -> None:
-    state = cli.WatchState(run="r", parent="a0", started=0.0)
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
     state.apply(SENTINEL, 0.0)
     assert not state.done()
 
@@ -216,7 +226,7 @@ def test_no_children_is_never_done() -> None:
 def test_render_table_plain() -> None:
     state = _state()
     state.apply(_update("c1", P.ACTION_PHASE_SUCCEEDED, output_uri="s3://b/xt/c1/1"), 130.0)
-    assert cli.render_table(state, 3825.0) == (
+    assert watch_view.render_table(state, 3825.0) == (
         "run o/p/development/r1  parent a0 (RUNNING)  elapsed 1:02:05  children 2\n"
         "QUEUED 1  SUCCEEDED 1\n"
         "ACTION  PHASE           FOR  NOTE\n"
@@ -230,7 +240,7 @@ def test_render_table_colour_keeps_columns_and_truncates_notes() -> None:
     signalled = _update("c2", P.ACTION_PHASE_SUCCEEDED)
     signalled.action_update.value.scalar.primitive.boolean = True
     state.apply(signalled, 100.0)
-    text = cli.render_table(state, 110.0, color=True, width=40)
+    text = watch_view.render_table(state, 110.0, color=True, width=40)
     assert "\x1b[32mSUCCEEDED\x1b[0m" in text and "\x1b[36;1mRUNNING  \x1b[0m" in text
     rows = text.splitlines()[3:]
     plain = [cli_strip(row) for row in rows]
@@ -240,8 +250,8 @@ def test_render_table_colour_keeps_columns_and_truncates_notes() -> None:
 
 
 def test_render_table_before_snapshot() -> None:
-    state = cli.WatchState(run="r", parent="a0", started=0.0)
-    assert cli.render_table(state, 0.0) == (
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    assert watch_view.render_table(state, 0.0) == (
         "run r  parent a0 (?)  elapsed 00:00  children 0  (loading snapshot)\nno children yet\n"
     )
 
@@ -252,13 +262,146 @@ def cli_strip(text: str) -> str:
 
 def test_screen_redraws_in_place_on_a_terminal() -> None:
     out = io.StringIO()
-    screen = cli.Screen(out, live=True, color=False)
+    screen = watch_view.Screen(out, live=True, color=False)
     state = _state()
     screen.draw(state, 100.0)
     first = out.getvalue()
     screen.draw(state, 101.0)
     lines = first.count("\n")
     assert out.getvalue()[len(first) :].startswith(f"\x1b[{lines}F\x1b[J")
+
+
+# --------------------------------------------------------------------------- watch loop
+
+
+class Recorder:
+    """A WatchSink that remembers what it was shown."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[str, bool]] = []  # (what, changed)
+        self.lost_with: list[Exception] = []
+
+    def lost(self, state: watch_view.WatchState, error: Exception, now: float) -> None:
+        self.lost_with.append(error)
+
+    def show(
+        self,
+        response: pb.WatchForUpdatesResponse,
+        state: watch_view.WatchState,
+        *,
+        changed: bool,
+        was_synced: bool,
+        now: float,
+    ) -> None:
+        what = response.WhichOneof("message")
+        if what == "action_update":
+            what = response.action_update.action_id.name
+        self.shown.append((str(what), changed))
+
+
+class ScriptedStreams:
+    """``open_stream`` for follow_watch: each call plays the next script, whose items are
+    responses to yield or an RpcError to end the stream with."""
+
+    def __init__(self, *scripts: list[pb.WatchForUpdatesResponse | RpcError]) -> None:
+        self.scripts = list(scripts)
+        self.opened = 0
+        self.opened_at: list[float] = []
+
+    def __call__(self) -> AsyncGenerator[pb.WatchForUpdatesResponse, None]:
+        script = self.scripts[self.opened]
+        self.opened += 1
+        self.opened_at.append(trio.current_time())
+
+        async def play() -> AsyncGenerator[pb.WatchForUpdatesResponse, None]:
+            for item in script:
+                if isinstance(item, RpcError):
+                    raise item
+                yield item
+
+        return play()
+
+
+GONE = RpcError(Code.UNAVAILABLE, "server is shutting down")
+
+
+async def test_follow_watch_reconnects_after_unavailable_and_rebuilds(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    first = [_update("c1", P.ACTION_PHASE_RUNNING), _update("c2", P.ACTION_PHASE_QUEUED)]
+    streams = ScriptedStreams(
+        [*first, SENTINEL, GONE], [_update("c1", P.ACTION_PHASE_SUCCEEDED), SENTINEL]
+    )
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    sink = Recorder()
+    await follow_watch(streams, state, sink, policy=ReconnectPolicy(base_delay=0.25))
+    assert streams.opened == 2
+    assert streams.opened_at[1] - streams.opened_at[0] == pytest.approx(0.5)  # first backoff
+    # The second snapshot replaced the first: c2 is gone, c1 shows its new phase.
+    assert {name: row.phase for name, row in state.children.items()} == {
+        "c1": P.ACTION_PHASE_SUCCEEDED
+    }
+    assert state.synced
+    synced = ("control_message", True)
+    assert sink.shown == [("c1", True), ("c2", True), synced, ("c1", True), synced]
+    assert sink.lost_with == [GONE]
+
+
+async def test_follow_watch_fails_at_once_when_never_synced() -> None:
+    streams = ScriptedStreams([GONE], [SENTINEL])
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    with pytest.raises(RpcError) as info:
+        await follow_watch(streams, state, Recorder())
+    assert info.value is GONE and streams.opened == 1
+
+
+async def test_follow_watch_raises_other_codes_without_reconnecting() -> None:
+    denied = RpcError(Code.PERMISSION_DENIED, "no")
+    streams = ScriptedStreams([A0, SENTINEL, denied], [SENTINEL])
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    with pytest.raises(RpcError) as info:
+        await follow_watch(streams, state, Recorder())
+    assert info.value is denied and streams.opened == 1
+
+
+async def test_follow_watch_gives_up_after_failures_in_a_row(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    policy = ReconnectPolicy(max_reconnects=3)
+    # Synced once, then every reconnect fails before its snapshot.
+    streams = ScriptedStreams([A0, SENTINEL, GONE], *([GONE] for _ in range(policy.max_reconnects)))
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    with pytest.raises(RpcError) as info:
+        await follow_watch(streams, state, Recorder(), policy=policy)
+    assert info.value.code is Code.UNAVAILABLE
+    assert streams.opened == 1 + policy.max_reconnects
+    gaps = [b - a for a, b in zip(streams.opened_at, streams.opened_at[1:], strict=False)]
+    assert gaps == pytest.approx([policy.delay(n) for n in (1, 2, 3)])
+
+
+async def test_follow_watch_until_done_stops_reading() -> None:
+    streams = ScriptedStreams(
+        [_update("c1", P.ACTION_PHASE_SUCCEEDED), SENTINEL, _update("c9", P.ACTION_PHASE_QUEUED)]
+    )
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    sink = Recorder()
+    await follow_watch(streams, state, sink, until_done=True)
+    assert sink.shown == [("c1", True), ("control_message", True)]  # c9 was never read
+
+
+def test_table_view_draws_the_snapshot_once_then_prints_events() -> None:
+    out = io.StringIO()
+    view = watch_view.TableView(watch_view.Screen(out, live=False, color=False))
+    state = watch_view.WatchState(run="r", parent="a0", started=0.0)
+    responses = [_update("c1", P.ACTION_PHASE_QUEUED), SENTINEL]
+    for response in [*responses, _update("c1", P.ACTION_PHASE_RUNNING)]:
+        was_synced = state.synced
+        changed = state.apply(response, 1.0)
+        view.show(response, state, changed=changed, was_synced=was_synced, now=1.0)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("run r  parent a0")  # the table, after the sentinel only
+    assert lines[-2].startswith("c1      QUEUED")
+    assert re.fullmatch(r"\d\d:\d\d:\d\d c1 RUNNING", lines[-1])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -277,8 +420,8 @@ def _recording(app: Any, seen: list[dict[str, str]]) -> Any:
 async def actions_server(
     tls: TlsFiles | None = None, seen: list[dict[str, str]] | None = None
 ) -> AsyncIterator[str]:
-    """The teammates' app (actions.app.build_app) on the memory store, port 0."""
-    application = build_app(Config(port=0), open_store=open_memory_store)
+    """The served app (actions.app.ActionsApplication) on the memory store, port 0."""
+    application = ActionsApplication(Config(port=0), open_store=open_memory_store)
     app = application.app if seen is None else _recording(application.app, seen)
     config = make_config(
         "127.0.0.1",
@@ -401,7 +544,8 @@ async def test_enqueue_watch_update_signal_abort_end_to_end() -> None:
                 # Leaving the nursery waits for the watch: it returns once all are terminal.
 
         code, out, err = result["watch"]
-        assert (code, err) == (0, "")
+        # Every child is terminal, but c2 was aborted: not a success.
+        assert (code, err) == (1, "1 of 3 children did not succeed: c2 ABORTED\n")
         lines = [json.loads(line) for line in out.splitlines()]
         assert _phases(lines) == {
             "a0": "ACTION_PHASE_QUEUED",
@@ -431,12 +575,12 @@ async def test_watch_table_when_not_a_terminal() -> None:
             nursery.start_soon(watch)
             await out.seen("ACTION")  # the snapshot table
             await run(url, "update", *RUN, "--action", "c1", "--phase", "failed")
-        code, text, _ = result[0]
-        assert code == 0
+        code, text, err = result[0]
+        assert (code, err) == (1, "1 of 1 children did not succeed: c1 FAILED\n")
         assert "\x1b[" not in text  # no colour codes into a pipe
-        assert " c1 FAILED" in text  # the event line
-        assert text.rstrip().splitlines()[-1].startswith("c1      FAILED")  # the final table
-        assert "FAILED 1" in text
+        assert text.count("ACTION  PHASE") == 1  # the table once, not again at the end
+        assert " c1 FAILED failed (no error reported)" in text  # the event line
+        assert text.rstrip().splitlines()[-1].endswith(" children 1: FAILED 1")  # summary
 
 
 @pytest.mark.parametrize(

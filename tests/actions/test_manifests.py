@@ -93,10 +93,19 @@ def test_crd_shape():
     assert version["subresources"] == {"status": {}}
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns == {
-        "Phase": ".status.phaseHistory[-1:].phase",
         "Run": ".spec.runName",
         "Action": ".spec.actionName",
+        "Parent": ".spec.parentActionName",
+        "Type": ".spec.actionType",
+        "TaskType": ".spec.taskType",
+        "Status": '.status.conditions[?(@.type=="Progressing")].reason',
+        "Attempts": ".status.attempts",
         "Age": ".metadata.creationTimestamp",
+        # -o wide
+        "Phase": ".status.phaseHistory[-1:].phase",
+        "Project": ".spec.project",
+        "Domain": ".spec.domain",
+        "Cache": ".status.cacheStatus",
     }
     schema = version["schema"]["openAPIV3Schema"]
     spec_props = schema["properties"]["spec"]["properties"]

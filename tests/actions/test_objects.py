@@ -13,7 +13,8 @@ from flyteidl2.workflow.run_definition_pb2 import TraceAction
 
 from actions import objects, phases
 
-# The contract's table: phase -> (condition type that is True, reason or None = any)
+# What a reader of status.conditions (kubectl, an executor) sees for each phase:
+# phase -> (the condition type that is True, its reason or None = any)
 TABLE = {
     P.ACTION_PHASE_QUEUED: ("Progressing", "Queued"),
     P.ACTION_PHASE_WAITING_FOR_RESOURCES: ("Progressing", "WaitingForResources"),

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from actions.app import ActionsApplication, OpenStore, build_app, open_memory_store
+from actions.app import ActionsApplication, OpenStore, open_memory_store
 from actions.config import Config
 from actions.store.base import Store
 from connect_proto._client import ConnectClient
@@ -46,7 +46,7 @@ async def running(
     *,
     open_store: OpenStore = open_memory_store,
 ) -> AsyncIterator[tuple[int, ActionsApplication]]:
-    application = build_app(config or Config(port=0), open_store=open_store)
+    application = ActionsApplication(config or Config(port=0), open_store=open_store)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(
             serve_asgi, application.app, make_config("127.0.0.1", 0, graceful_timeout=1.0)
@@ -351,7 +351,7 @@ async def test_watch_subscription_cap_is_resource_exhausted() -> None:
 
 
 async def test_request_id_is_echoed_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="connect_proto.access")
+    caplog.set_level(logging.DEBUG, logger="connect_proto.access")  # ok calls: DEBUG
     async with (
         running() as (port, _),
         ConnectClient(f"http://127.0.0.1:{port}") as client,

@@ -24,7 +24,7 @@ from connect_proto._errors import RpcError
 PREFIX = "/flyteidl2.actions.ActionsService/"
 
 
-def test_config_defaults_are_the_contract_defaults() -> None:
+def test_config_defaults() -> None:
     c = Config()
     assert (c.namespace, c.watch_workers, c.watch_buffer_size) == ("flyte", 10, 100)
     assert (c.host, c.port) == ("127.0.0.1", 8091)

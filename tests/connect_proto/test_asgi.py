@@ -1,4 +1,4 @@
-"""The app driven in-process (no sockets): dispatch (§0) and the edge cases of §6."""
+"""The app driven in-process (no sockets): dispatch and each protocol's edge cases."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def web_trailers(body: bytes) -> dict[str, list[str]]:
     return out
 
 
-# §0 Dispatch ------------------------------------------------------------------------------
+# Dispatch: pick the protocol, refuse before it (404/405/415/505) --------------------------
 
 
 async def test_unknown_path_is_404_unimplemented(app: ConnectApp) -> None:
@@ -231,7 +231,7 @@ async def test_lifespan_startup_failure_is_reported(impl: TestServiceImpl) -> No
     assert sent[0]["type"] == "lifespan.startup.failed"
 
 
-# §1 Connect unary ----------------------------------------------------------------------------
+# Connect unary (https://connectrpc.com/docs/protocol, Unary) ------------------------------
 
 
 async def test_connect_unary_proto_and_empty_request(app: ConnectApp) -> None:
@@ -454,7 +454,7 @@ async def test_rpc_error_from_inside_a_nursery_is_unwrapped(impl: TestServiceImp
     assert (r.status, r.json()["code"]) == (404, "not_found")
 
 
-# §1.5 GET ------------------------------------------------------------------------------------
+# Connect unary GET (https://connectrpc.com/docs/protocol, Unary-Get-Request) --------------
 
 
 async def test_get_vector(app: ConnectApp) -> None:
@@ -527,7 +527,7 @@ async def test_get_with_body_is_415(app: ConnectApp) -> None:
     assert r.status == 415
 
 
-# §2 Connect streaming ----------------------------------------------------------------------
+# Connect streaming (https://connectrpc.com/docs/protocol, Streaming) ----------------------
 
 
 async def test_connect_stream_success_with_trailers(app: ConnectApp) -> None:
@@ -658,7 +658,7 @@ async def test_disconnect_mid_stream_cancels_handler_and_writes_nothing_more(
     assert len(r.envelopes()) == 2
 
 
-# §3 gRPC -------------------------------------------------------------------------------------
+# gRPC (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) --------------------
 
 
 async def test_grpc_unary_success_shape(app: ConnectApp) -> None:
@@ -808,7 +808,7 @@ async def test_grpc_client_streaming_and_bidi(app: ConnectApp) -> None:
     assert grpc_status(r) == (0, "")
 
 
-# §4 gRPC-Web -------------------------------------------------------------------------------
+# gRPC-Web (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-WEB.md) ------------------
 
 
 @pytest.mark.parametrize("http_version", ["1.1", "2"])

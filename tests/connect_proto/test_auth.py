@@ -15,11 +15,11 @@ from proto_calls import ALL, SVC, Case, call, request_for
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
-from connect_proto._extras import auth
 from connect_proto._app.app import ConnectApp
 from connect_proto._client import ConnectClient
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError
+from connect_proto._extras import auth
 from connect_proto._extras.auth import BearerAuth, TokenFileError, TokenGrant, parse_token_file
 from connect_proto._hooks import CallOutcome
 from connect_proto._server.serve import make_config, serve

@@ -9,8 +9,9 @@ such exceptions are reachable by any client:
 - ``trio.BusyResourceError`` when the peer-close path's unlocked ``send_eof`` races a
   ``send_all`` that flushes responses.
 
-The client here is a raw ``h2`` state machine over a socket, so the test needs no
-external tool. Each test uses a private server (``fresh_server``).
+(docs/hypercorn-upstream.md, issues 1 and 5; test_hypercorn_fixes.py shows both on stock
+hypercorn.) Here they are checked against the server as a separate process, with a raw
+``h2`` client over a socket. Each test uses a private server (``fresh_server``).
 """
 
 from __future__ import annotations

@@ -149,6 +149,27 @@ def test_unknown_names_are_not_found_error_responses(request_: Any) -> None:
     assert "not found" in response.error_response.error_message
 
 
+def test_extension_found_by_number_and_listed() -> None:
+    # buf.validate's options extend google.protobuf.FieldOptions in the default pool
+    # (the generated protovalidate module is loaded by the services' imports).
+    from buf.validate import validate_pb2
+
+    field_rule = validate_pb2.field
+    containing = field_rule.containing_type.full_name
+    _, v1alpha = _impls()
+    numbers = v1alpha.answer(Request(all_extension_numbers_of_type=containing))
+    assert field_rule.number in numbers.all_extension_numbers_response.extension_number
+    found = v1alpha.answer(
+        Request(
+            file_containing_extension={
+                "containing_type": containing,
+                "extension_number": field_rule.number,
+            }
+        )
+    )
+    assert _file_names(found)[0] == "buf/validate/validate.proto"
+
+
 def test_extension_numbers_and_empty_request() -> None:
     _, v1alpha = _impls()
     response = v1alpha.answer(Request(all_extension_numbers_of_type="testsvc.v1.EchoRequest"))

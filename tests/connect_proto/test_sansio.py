@@ -214,7 +214,7 @@ def test_grpc_timeout_invalid(value: str) -> None:
     assert info.value.code is Code.INVALID_ARGUMENT
 
 
-# Status codes (§5) ---------------------------------------------------------------------
+# Status codes (https://connectrpc.com/docs/protocol#error-codes) --------------------------
 
 TABLE = [
     (1, "canceled", 499), (2, "unknown", 500), (3, "invalid_argument", 400),
@@ -251,7 +251,7 @@ def test_http_status_to_code(status: int, code: Code) -> None:
     assert Code.from_http_status(status) is code
 
 
-# Connect error JSON and end-stream (§1.4, §2.2) ------------------------------------------
+# Connect error JSON and the end-stream message (https://connectrpc.com/docs/protocol) -----
 
 
 def test_connect_error_json_vector() -> None:
@@ -304,7 +304,7 @@ def test_end_stream_vectors() -> None:
     }
 
 
-# gRPC status rendering (§3.3) -----------------------------------------------------------
+# gRPC status in trailers (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) ---
 
 UNICODE = "\ntest with whitespace\r\nand Unicode BMP ☺ and non-BMP 😈\n"
 UNICODE_ENCODED = (
@@ -339,7 +339,7 @@ def test_grpc_status_fields_and_details_bin() -> None:
     assert dict(status_fields(None, Headers())) == {"grpc-status": "0"}
 
 
-# gRPC-Web (§4) ----------------------------------------------------------------------------
+# gRPC-Web (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-WEB.md) ------------------
 
 
 def test_grpc_web_trailer_frame_vector() -> None:

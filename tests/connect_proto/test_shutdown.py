@@ -4,9 +4,13 @@ calls in flight finish. In-process per protocol, then over real sockets."""
 from __future__ import annotations
 
 import grpc
+import h2.errors
+import h2.events
+import h11
 import httpx
 import pytest
 import trio
+from h2_peer import OURS, Peer, Server, grpc_headers, make_app, of_type, stock_and_ours
 from proto_calls import ALL, CONNECT_STREAM, GRPC, GRPC_WEB, SVC, Case, call, request_for
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
@@ -170,3 +174,159 @@ async def test_shutdown_over_sockets_ends_streams_and_lets_unary_finish() -> Non
     assert got > 0 and code is Code.UNAVAILABLE and message == SHUTTING_DOWN_MESSAGE
     assert isinstance(outcomes["unary"], test_pb2.SleepResponse)
     assert sorted(impl.cancelled) == ["count", "count", "count"]
+
+
+# Over sockets, against stock hypercorn too ------------------------------------------------------
+
+SLEEP = f"{SVC}/Sleep"
+ECHO = f"{SVC}/Echo"
+
+
+@stock_and_ours(
+    "hypercorn issue 6: during shutdown a new stream's HEADERS and RST_STREAM in one read "
+    "make it reset a closed stream; h2's StreamClosedError ends the server"
+)
+async def test_stream_opened_and_reset_during_shutdown(server_kind: str) -> None:
+    """The call in flight finishes within the grace period; the server stops cleanly."""
+    async with trio.open_nursery() as nursery:
+        server = Server(server_kind, make_app(), make_config("127.0.0.1", 0, graceful_timeout=5))
+        await server.start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.send_headers(1, grpc_headers(SLEEP))
+        body = encode_envelope(test_pb2.SleepRequest(ms=400).SerializeToString())
+        peer.h2.send_data(1, body, end_stream=True)
+        await peer.flush()
+        await trio.sleep(0.1)
+        server.begin_shutdown()
+        await trio.sleep(0.05)
+        peer.h2.send_headers(3, grpc_headers(ECHO))
+        peer.h2.reset_stream(3, h2.errors.ErrorCodes.CANCEL)
+        await peer.flush()  # one write: the server reads both frames at once
+        events = await peer.until(lambda seen: of_type(seen, h2.events.StreamEnded))
+        trailers = [e for e in of_type(events, h2.events.TrailersReceived) if e.stream_id == 1]
+        await peer.aclose()
+        with trio.fail_after(8):
+            await server.done.wait()
+    assert server.error is None
+    assert trailers and (b"grpc-status", b"0") in trailers[0].headers
+
+
+def _http1_request(path: str, body: bytes) -> bytes:
+    client = h11.Connection(h11.CLIENT)
+    headers = [
+        ("host", "127.0.0.1"),
+        ("content-type", "application/proto"),
+        ("content-length", str(len(body))),
+    ]
+    return b"".join(
+        (
+            client.send(h11.Request(method="POST", target=path, headers=headers)) or b"",
+            client.send(h11.Data(data=body)) or b"",
+            client.send(h11.EndOfMessage()) or b"",
+        )
+    )
+
+
+async def _http1_responses(stream: trio.SocketStream, count: int) -> list[h11.Response]:
+    """Up to ``count`` responses read from ``stream`` until the server closes it."""
+    client = h11.Connection(h11.CLIENT)
+    responses: list[h11.Response] = []
+    client.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    while len(responses) < count:
+        try:
+            event = client.next_event()
+        except h11.RemoteProtocolError:
+            break  # closed in the middle of a response, or before one
+        if event is h11.NEED_DATA:
+            try:
+                client.receive_data(await stream.receive_some(65536))
+            except trio.BrokenResourceError:
+                client.receive_data(b"")
+        elif isinstance(event, h11.Response):
+            responses.append(event)
+        elif isinstance(event, h11.EndOfMessage) and len(responses) < count:
+            if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
+                break
+            client.start_next_cycle()
+            client.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+            client.send(h11.EndOfMessage())
+        elif isinstance(event, h11.ConnectionClosed):
+            break
+    return responses
+
+
+@stock_and_ours(
+    "hypercorn issue 7: on shutdown an HTTP/1.1 keep-alive connection whose next request "
+    "had arrived waits for can_read until the grace period ends, and that request is "
+    "dropped without an answer"
+)
+async def test_http1_keep_alive_request_that_arrived_as_shutdown_began(server_kind: str) -> None:
+    """Two pipelined requests: a slow one in flight when shutdown begins, and the next,
+    already read. The first gets its answer, the second UNAVAILABLE (HTTP 503) with
+    ``connection: close``; the server stops long before the grace period ends."""
+    async with trio.open_nursery() as nursery:
+        server = Server(server_kind, make_app(), make_config("127.0.0.1", 0, graceful_timeout=6))
+        await server.start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        slow = test_pb2.SleepRequest(ms=300).SerializeToString()
+        echo = test_pb2.EchoRequest(message="late").SerializeToString()
+        await stream.send_all(_http1_request(SLEEP, slow) + _http1_request(ECHO, echo))
+        await trio.sleep(0.1)
+        server.begin_shutdown()
+        began = trio.current_time()
+        with trio.move_on_after(8):
+            responses = await _http1_responses(stream, 2)
+        await stream.aclose()
+        with trio.fail_after(8):
+            await server.done.wait()
+        stopped_after = trio.current_time() - began
+    assert server.error is None
+    assert [r.status_code for r in responses] == [200, 503]
+    assert (b"connection", b"close") in responses[-1].headers
+    assert stopped_after < 3, stopped_after  # not the 6 s grace period
+
+
+async def test_idle_http1_keep_alive_connection_closes_at_once_on_shutdown() -> None:
+    async with trio.open_nursery() as nursery:
+        server = Server(OURS, make_app(), make_config("127.0.0.1", 0, graceful_timeout=6))
+        await server.start(nursery)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        echo = test_pb2.EchoRequest(message="x").SerializeToString()
+        await stream.send_all(_http1_request(ECHO, echo))
+        client = h11.Connection(h11.CLIENT)
+        client.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+        client.send(h11.EndOfMessage())
+        while not isinstance(event := client.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                client.receive_data(await stream.receive_some(65536))
+        server.begin_shutdown()
+        began = trio.current_time()
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b""  # closed, nothing sent
+            await server.done.wait()
+        stopped_after = trio.current_time() - began
+        await stream.aclose()
+    assert server.error is None
+    assert stopped_after < 1, stopped_after
+
+
+async def test_idle_http2_connection_gets_goaway_and_closes_on_shutdown() -> None:
+    async with trio.open_nursery() as nursery:
+        server = Server(OURS, make_app(), make_config("127.0.0.1", 0, graceful_timeout=6))
+        await server.start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.send_headers(1, grpc_headers(ECHO))
+        peer.h2.send_data(1, encode_envelope(b""), end_stream=True)
+        await peer.flush()
+        await peer.until(lambda seen: of_type(seen, h2.events.StreamEnded))
+        server.begin_shutdown()
+        with trio.fail_after(3):
+            events = await peer.until(lambda seen: False)  # until the server closes it
+            await server.done.wait()
+        await peer.aclose()
+    goaways = of_type(events, h2.events.ConnectionTerminated)
+    assert [(g.error_code, g.last_stream_id) for g in goaways] == [
+        (h2.errors.ErrorCodes.NO_ERROR, 1)
+    ]
+    assert server.error is None

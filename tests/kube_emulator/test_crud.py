@@ -1,7 +1,8 @@
 """Emulator: create/get/list/update, the status subresource, RV discipline, patch, errors.
 
-Driven by the real ``kubernetes`` client; section numbers refer to
-/work/shared/reference/kubernetes-api.md.
+Driven by the real ``kubernetes`` client; the expected behaviour is the documented one
+(https://kubernetes.io/docs/reference/using-api/api-concepts/ and the API conventions,
+https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def _rv(obj) -> int:
     return int(obj["metadata"]["resourceVersion"])
 
 
-# --- 2.x server-owned metadata ------------------------------------------------------------
+# --- server-owned metadata ------------------------------------------------------------
 
 
 def test_create_sets_server_metadata(custom_api, taskaction):
@@ -56,7 +57,7 @@ def test_create_drops_status_and_prunes_unknown_fields(custom_api, taskaction):
     body = taskaction("a1", notInSchema="x")
     body["status"] = {"attempts": 3}
     obj = _create(custom_api, body)
-    assert "status" not in obj  # 3.6a
+    assert "status" not in obj
     assert "notInSchema" not in obj["spec"]  # structural-schema pruning
 
 
@@ -65,7 +66,7 @@ def test_create_rejects_resource_version(custom_api, taskaction):
     body["metadata"]["resourceVersion"] = "5"
     with pytest.raises(ApiException) as err:
         _create(custom_api, body)
-    assert err.value.status == 500  # 2.2
+    assert err.value.status == 500
     assert _status(err.value)["message"] == (
         "resourceVersion should not be set on objects to be created"
     )
@@ -210,7 +211,7 @@ def test_namespace_body_without_type_meta(core_api):
     assert _status(err.value)["details"] == {"name": "nope", "kind": "namespaces"}
 
 
-# --- 2.3 / 2.4 / 2.5 resourceVersion and generation ----------------------------------------
+# --- resourceVersion and generation ----------------------------------------
 
 
 def test_resource_version_is_global_and_increasing(custom_api, core_api, taskaction):
@@ -224,7 +225,7 @@ def test_resource_version_is_global_and_increasing(custom_api, core_api, taskact
     assert int(listed["metadata"]["resourceVersion"]) == _rv(b)
     core_api.create_namespace(V1Namespace(metadata=V1ObjectMeta(name="other2")))
     listed = custom_api.list_namespaced_custom_object(G, V, NS, P)
-    # 4.2: the list RV is the store's, beyond every item's RV.
+    # The list RV is the store's, beyond every item's RV.
     assert int(listed["metadata"]["resourceVersion"]) > max(_rv(i) for i in listed["items"])
 
 
@@ -255,7 +256,7 @@ def test_generation_bumps_on_spec_only(custom_api, taskaction):
     assert obj["metadata"]["generation"] == 3
 
 
-# --- 3.3-3.6 replace, conflicts, status subresource -----------------------------------------
+# --- replace, conflicts, status subresource -----------------------------------------
 
 
 def test_put_without_resource_version_is_invalid(custom_api, taskaction):
@@ -281,7 +282,7 @@ def test_stale_put_conflicts_and_reason_tells_it_apart(custom_api, taskaction):
         with pytest.raises(ApiException) as err:
             call(G, V, NS, P, "a1", obj)
         status = _status(err.value)
-        assert err.value.status == 409 and status["reason"] == "Conflict"  # 3.5
+        assert err.value.status == 409 and status["reason"] == "Conflict"
         assert status["message"] == (
             'Operation cannot be fulfilled on taskactions.flyte.org "a1": the object has been '
             "modified; please apply your changes to the latest version and try again"
@@ -378,7 +379,7 @@ def test_status_verbs_and_unknown_subresource(kube_raw):
     assert status == 404 and json.loads(data)["kind"] == "Status"
 
 
-# --- 3.7 patch ------------------------------------------------------------------------
+# --- patch ------------------------------------------------------------------------
 
 
 def test_json_patch_and_failures(custom_api, taskaction):
@@ -441,7 +442,7 @@ def test_patch_content_types(kube_raw, custom_api, taskaction):
     assert status == 200
     status, _, _ = kube_raw("PATCH", path, b"[1]", {"Content-Type": "application/json-patch+json"})
     assert status == 400  # malformed JSON patch
-    # 8.6: a list sent with the client's default merge-patch type is refused.
+    # A list sent with the client's default merge-patch type is refused.
     with pytest.raises(ApiException) as err:
         custom_api.patch_namespaced_custom_object(
             G, V, NS, P, "a1", [{"op": "add", "path": "/spec/group", "value": "x"}]
@@ -485,7 +486,7 @@ def test_unknown_paths_are_plain_text_404(kube_raw):
         "/apis/nope.org/v1/namespaces/flyte/things",
         "/apis/flyte.org/v2/namespaces/flyte/taskactions",
         "/apis/flyte.org/v1/namespaces/flyte/unknowns",
-        "/apis/flyte.org/v1/taskactions/x",  # 1.4: namespaced kind on a cluster path
+        "/apis/flyte.org/v1/taskactions/x",  # Namespaced kind on a cluster path
     ):
         status, headers, data = kube_raw("GET", path)
         assert (status, data) == (404, b"404 page not found\n"), path
@@ -503,7 +504,7 @@ def test_all_namespaces_list(custom_api, core_api, taskaction):
         ("b-ns", "x"),
         (NS, "x"),
     ]
-    assert all(i["kind"] == "TaskAction" for i in items)  # 2.10: CR list items keep kind
+    assert all(i["kind"] == "TaskAction" for i in items)  # CR list items keep kind
 
 
 def test_list_shape_when_empty(kube_raw):
@@ -583,7 +584,7 @@ def test_body_over_3_mib_is_request_entity_too_large(custom_api, taskaction, kub
     with pytest.raises(ApiException) as err:
         _create(custom_api, taskaction("a1", taskTemplate="x" * (3 * 1024 * 1024)))
     assert err.value.status == 413
-    assert "Retry-After" not in err.value.headers  # urllib3 would re-send a PUT (8.2)
+    assert "Retry-After" not in err.value.headers  # urllib3 would re-send a PUT
     assert _status(err.value) == {
         "kind": "Status",
         "apiVersion": "v1",

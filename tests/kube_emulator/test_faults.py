@@ -59,7 +59,7 @@ def test_fail_for_a_duration(kube_emulator, custom_api):
 def test_429_with_retry_after_is_retried_by_urllib3_for_get_not_post(
     kube_emulator, custom_api, taskaction
 ):
-    # 8.2: GET/PUT/DELETE answered 429 + Retry-After are re-sent up to 3 times silently.
+    # GET/PUT/DELETE answered 429 + Retry-After are re-sent up to 3 times silently.
     kube_emulator.faults.fail_next(3, 429, retry_after=0)
     kube_emulator.requests.clear()
     _get_list(custom_api)
@@ -262,8 +262,8 @@ def test_subprocess_mode(tmp_path, taskaction):
     )
     try:
         line = proc.stdout.readline()
-        assert line.startswith("KUBE_EMULATOR_URL=http://127.0.0.1:")
-        url = line.strip().split("=", 1)[1]
+        assert line.startswith("kube-emulator serving http://127.0.0.1:")
+        url = line.split()[2]
         from kubernetes import config
 
         api_client = config.new_client_from_config(str(kubeconfig))

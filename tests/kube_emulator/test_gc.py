@@ -1,4 +1,4 @@
-"""Emulator: delete responses, finalizers, garbage collection, namespaces (reference 3.8, 6)."""
+"""Emulator: delete responses, finalizers, garbage collection, namespaces."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _deleted_order(emu, since: int) -> list[str]:
     ]
 
 
-# --- 3.8 delete responses ------------------------------------------------------------------
+# --- delete responses ------------------------------------------------------------------
 
 
 def test_immediate_delete_returns_success_status(custom_api, taskaction):
@@ -124,7 +124,7 @@ def test_delete_options_errors_and_precedence(custom_api, taskaction, kube_raw):
         "DELETE", path, {"preconditions": {"uid": "00000000-0000-0000-0000-000000000000"}}
     )
     assert status == 409 and "the UID in the precondition" in json.loads(data)["message"]
-    # 3.8a: a non-empty body (even {}) wins over the query.
+    # A non-empty body (even {}) wins over the query.
     result = custom_api.delete_namespaced_custom_object(
         G, V, NS, P, "a", propagation_policy="Orphan", body={}
     )
@@ -153,7 +153,7 @@ def test_delete_collection_honours_selectors(custom_api, taskaction):
     assert _names(custom_api) == {"c"}
 
 
-# --- 6 garbage collection ------------------------------------------------------------------
+# --- garbage collection ------------------------------------------------------------------
 
 
 def test_background_cascade_runs_level_by_level(custom_api, taskaction, kube_emulator):
@@ -178,7 +178,7 @@ def test_foreground_waits_for_blocking_dependents(custom_api, taskaction, kube_e
     assert out["metadata"]["finalizers"] == ["foregroundDeletion"]
     _wait(lambda: "grandchild" not in _names(custom_api))
     kube_emulator.wait_gc_idle()
-    # child is held by its own finalizer, so root keeps waiting (6.8).
+    # child is held by its own finalizer, so root keeps waiting.
     assert _names(custom_api) == {"root", "child"}
     held = custom_api.get_namespaced_custom_object(G, V, NS, P, "child")
     assert held["metadata"]["deletionTimestamp"]
@@ -255,7 +255,7 @@ def test_owner_uid_mismatch_is_dangling(custom_api, taskaction):
 def test_dependent_created_after_owner_vanished_is_collected(custom_api, taskaction):
     owner = _create(custom_api, taskaction("owner"))
     custom_api.delete_namespaced_custom_object(G, V, NS, P, "owner")
-    late = _create(custom_api, taskaction("late", owners=[owner]))  # 6.9: accepted ...
+    late = _create(custom_api, taskaction("late", owners=[owner]))  # Accepted ...
     assert late["metadata"]["name"] == "late"
     _wait(lambda: _names(custom_api) == set())  # ... then collected
 
@@ -295,7 +295,7 @@ def test_cycle_guard_unblocks_before_foreground_delete(custom_api, taskaction, k
         G, V, NS, P, "c", body=V1DeleteOptions(propagation_policy="Foreground")
     )
     kube_emulator.wait_gc_idle()
-    # ... so when a is deleted in foreground, b's reference to a stops blocking (6.11).
+    # ... so when a is deleted in foreground, b's reference to a stops blocking.
     custom_api.delete_namespaced_custom_object(
         G, V, NS, P, "a", body=V1DeleteOptions(propagation_policy="Foreground")
     )

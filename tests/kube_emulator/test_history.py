@@ -133,7 +133,7 @@ def test_filtered_watch_replay_matches_filtered_list(ops, selector_text):
     for event in events:
         name = event["object"]["metadata"]["name"]
         if event["type"] == "DELETED":
-            assert name in seen  # 5.8: DELETED only for objects the watcher had
+            assert name in seen  # DELETED only for objects the watcher had
             seen.pop(name)
         else:
             assert (event["type"] == "ADDED") == (name not in seen)

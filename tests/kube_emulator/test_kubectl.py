@@ -1,12 +1,15 @@
-"""Emulator fidelity with the real ``kubectl`` (reference section 9): discovery, get, get -w,
+"""Emulator fidelity with the real ``kubectl``: discovery, get, get -w,
 apply, patch and delete, through a generated kubeconfig."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
+import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +17,53 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "flyte"
+COLUMNS = ["NAME", "RUN", "ACTION", "PARENT", "TYPE", "TASKTYPE", "STATUS", "ATTEMPTS", "AGE"]
+WIDE_COLUMNS = ["PHASE", "PROJECT", "DOMAIN", "CACHE"]
+
+
+_READERS: dict[int, queue.Queue[str]] = {}
+
+
+def _line(proc: subprocess.Popen, timeout: float = 15) -> str:
+    """The next line kubectl prints, waiting at most ``timeout`` seconds (a reader thread
+    per process: a buffered pipe cannot be polled line by line)."""
+    lines = _READERS.get(proc.pid)
+    if lines is None:
+        lines = _READERS[proc.pid] = queue.Queue()
+        threading.Thread(
+            target=lambda: [lines.put(line) for line in iter(proc.stdout.readline, "")],
+            daemon=True,
+        ).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"kubectl printed nothing for {timeout}s") from None
+
+
+def _table(output: str, header: list[str]) -> list[dict[str, str]]:
+    """kubectl's aligned table as rows of {column: text}; an empty cell is ""."""
+    lines = output.splitlines()
+    assert lines[0].split() == header, lines[0]
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    ends = [*starts[1:], None]
+    return [
+        {
+            name: line[start:end].strip()
+            for name, start, end in zip(header, starts, ends, strict=True)
+        }
+        for line in lines[1:]
+    ]
+
+
+def _conditions(true_type: str, reason: str) -> list[dict[str, str]]:
+    """The three conditions the service writes: Progressing carries the phase's reason."""
+    out = []
+    for ctype in ("Progressing", "Succeeded", "Failed"):
+        status = "True" if ctype == true_type else "False"
+        cond_reason = reason if ctype in (true_type, "Progressing") else "NotReached"
+        out.append({"type": ctype, "status": status, "reason": cond_reason})
+    return out
+
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None and not os.environ.get("CI"),
@@ -85,10 +135,10 @@ def test_kubectl_apply_get_patch_delete(kubectl, kube_emulator, tmp_path, custom
         "a1",
         {"status": {"phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}]}},
     )
-    # Server-side Table with the CRD's printer columns (the last phase via [-1:]).
-    listing = kubectl("get", "taskactions").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "PHASE", "RUN", "ACTION", "AGE"]
-    assert listing[1].split()[:4] == ["a1", "RUNNING", "r1", "a1"]
+    # Server-side Table with the CRD's printer columns (the last phase via [-1:], -o wide).
+    (row,) = _table(kubectl("get", "taskactions", "-o", "wide").stdout, [*COLUMNS, *WIDE_COLUMNS])
+    assert row["RUN"] == "r1" and row["ACTION"] == "a1" and row["PARENT"] == ""
+    assert (row["PHASE"], row["PROJECT"], row["DOMAIN"], row["CACHE"]) == ("RUNNING", "p", "d", "")
     wide = kubectl("get", "ta", "a1", "-o", "custom-columns=N:.metadata.name,R:.spec.runName")
     assert wide.stdout.split() == ["N", "R", "a1", "r1"]
     assert kubectl("get", "ta", "-l", "flyte.org/run=r1", "-o", "name").stdout.strip() == (
@@ -133,12 +183,12 @@ def test_kubectl_get_watch(kubectl, kube_emulator, custom_api, taskaction):
     )
     proc = kubectl.popen("get", "taskactions", "-w", "-o", "name")
     try:
-        assert proc.stdout.readline().strip() == "taskaction.flyte.org/first"
+        assert _line(proc).strip() == "taskaction.flyte.org/first"
         custom_api.create_namespaced_custom_object(
             "flyte.org", "v1", NS, "taskactions", taskaction("second")
         )
-        assert proc.stdout.readline().strip() == "taskaction.flyte.org/second"
-        kube_emulator.close_watches()  # 9.6: kubectl exits 0 when the server ends the stream
+        assert _line(proc).strip() == "taskaction.flyte.org/second"
+        kube_emulator.close_watches()  # Kubectl exits 0 when the server ends the stream
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
@@ -181,17 +231,19 @@ def test_kubectl_get_watch_table_output(kubectl, kube_emulator, custom_api, task
     )
     proc = kubectl.popen("get", "taskactions", "--watch")
     try:
-        assert proc.stdout.readline().split() == ["NAME", "PHASE", "RUN", "ACTION", "AGE"]
-        assert proc.stdout.readline().split()[:3] == ["first", "r", "first"]
+        assert _line(proc).split() == COLUMNS
+        # Missing values are empty cells, so only the leading ones line up after split().
+        assert _line(proc).split()[:3] == ["first", "r", "first"]
         custom_api.patch_namespaced_custom_object_status(
             "flyte.org",
             "v1",
             NS,
             "taskactions",
             "first",
-            {"status": {"phaseHistory": [{"phase": "SUCCEEDED"}]}},
+            {"status": {"conditions": _conditions("Succeeded", "Completed"), "attempts": 1}},
         )
-        assert proc.stdout.readline().split()[:2] == ["first", "SUCCEEDED"]
+        row = _line(proc).split()
+        assert row[0] == "first" and row[-3:-1] == ["Completed", "1"]
         kube_emulator.close_watches()
         assert proc.wait(timeout=10) == 0
     finally:
@@ -233,9 +285,175 @@ def test_other_kubectl_versions(binary, kube_emulator, tmp_path):
         return proc.stdout
 
     path = _manifest(tmp_path, "v1x")
-    # kubectl 1.27 validates from /openapi/v2, which the emulator does not serve (9.8).
-    validate = ["--validate=false"] if binary.endswith("1.27") else []
-    assert "created" in run("apply", *validate, "-f", str(path))
-    assert "unchanged" in run("apply", *validate, "-f", str(path))
+    # kubectl 1.27 learns from /openapi/v2 (protobuf) that the server validates fields.
+    assert "created" in run("apply", "-f", str(path))
+    assert "unchanged" in run("apply", "-f", str(path))
     assert run("get", "taskactions", "-o", "name").split() == ["taskaction.flyte.org/v1x"]
     assert 'taskaction.flyte.org "v1x" deleted' in run("delete", "taskaction", "v1x")
+
+
+def test_kubectl_printer_columns(kubectl, kube_emulator, custom_api, taskaction):
+    def create(name: str, **spec: str) -> None:
+        custom_api.create_namespaced_custom_object(
+            "flyte.org", "v1", NS, "taskactions", taskaction(name, **spec)
+        )
+
+    def set_status(name: str, status: dict) -> None:
+        custom_api.patch_namespaced_custom_object_status(
+            "flyte.org", "v1", NS, "taskactions", name, {"status": status}
+        )
+
+    create("root", taskType="python")
+    create("child", parentActionName="root", actionType="condition")
+    create("aborted", parentActionName="root", taskType="spark")
+    set_status(
+        "root",
+        {
+            "conditions": _conditions("Progressing", "Executing"),
+            "phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}],
+            "attempts": 2,
+            "cacheStatus": "CACHE_MISS",
+        },
+    )
+    # Aborted while running: the phase history still ends in RUNNING; the Progressing
+    # condition's reason says Aborted.
+    set_status(
+        "aborted",
+        {
+            "conditions": _conditions("Failed", "Aborted"),
+            "phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}],
+            "attempts": 1,
+        },
+    )
+    rows = _table(kubectl("get", "taskactions").stdout, COLUMNS)
+    assert [{k: v for k, v in row.items() if k != "AGE"} for row in rows] == [
+        {
+            "NAME": "aborted",
+            "RUN": "r",
+            "ACTION": "aborted",
+            "PARENT": "root",
+            "TYPE": "task",
+            "TASKTYPE": "spark",
+            "STATUS": "Aborted",
+            "ATTEMPTS": "1",
+        },
+        {
+            "NAME": "child",
+            "RUN": "r",
+            "ACTION": "child",
+            "PARENT": "root",
+            "TYPE": "condition",
+            "TASKTYPE": "",
+            "STATUS": "",
+            "ATTEMPTS": "",
+        },
+        {
+            "NAME": "root",
+            "RUN": "r",
+            "ACTION": "root",
+            "PARENT": "",
+            "TYPE": "task",
+            "TASKTYPE": "python",
+            "STATUS": "Executing",
+            "ATTEMPTS": "2",
+        },
+    ]
+    assert all(re.fullmatch(r"\d+s", row["AGE"]) for row in rows)
+    wide = _table(kubectl("get", "ta", "-o", "wide").stdout, [*COLUMNS, *WIDE_COLUMNS])
+    assert {row["NAME"]: [row[c] for c in WIDE_COLUMNS] for row in wide} == {
+        "aborted": ["RUNNING", "p", "d", ""],
+        "child": ["", "p", "d", ""],
+        "root": ["RUNNING", "p", "d", "CACHE_MISS"],
+    }
+
+
+def test_server_table_cells_are_typed(kube_raw, custom_api, taskaction):
+    custom_api.create_namespaced_custom_object(
+        "flyte.org", "v1", NS, "taskactions", taskaction("t1", taskType="python")
+    )
+    custom_api.patch_namespaced_custom_object_status(
+        "flyte.org",
+        "v1",
+        NS,
+        "taskactions",
+        "t1",
+        {"status": {"conditions": _conditions("Progressing", "Queued"), "attempts": 3}},
+    )
+    status, headers, body = kube_raw(
+        "GET",
+        f"/apis/flyte.org/v1/namespaces/{NS}/taskactions",
+        headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+    )
+    assert status == 200 and headers["Content-Type"].startswith("application/json;as=Table")
+    table = json.loads(body)
+    definitions = table["columnDefinitions"]
+    assert [c["name"] for c in definitions] == [
+        "Name",
+        "Run",
+        "Action",
+        "Parent",
+        "Type",
+        "TaskType",
+        "Status",
+        "Attempts",
+        "Age",
+        "Phase",
+        "Project",
+        "Domain",
+        "Cache",
+    ]
+    assert [c["priority"] for c in definitions] == [0] * 9 + [1] * 4
+    assert definitions[8]["description"] == (
+        "Custom resource definition column (in JSONPath format): .metadata.creationTimestamp"
+    )
+    (row,) = table["rows"]
+    cells = dict(zip([c["name"] for c in definitions], row["cells"], strict=True))
+    assert cells["Attempts"] == 3  # an integer column: a JSON number
+    assert cells["Status"] == "Queued" and cells["Parent"] is None and cells["Phase"] is None
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+
+
+def _wait_for_watch(emulator, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not any("watch=true" in r[1] and r[2] == 200 for r in list(emulator.requests)):
+        assert time.monotonic() < deadline, "kubectl did not start watching"
+        time.sleep(0.02)
+
+
+def test_kubectl_get_watch_follows_status(kubectl, kube_emulator, custom_api, taskaction):
+    proc = kubectl.popen("get", "taskactions", "--watch")
+    try:
+        _wait_for_watch(kube_emulator)  # so the create arrives as a watch event
+        custom_api.create_namespaced_custom_object(
+            "flyte.org",
+            "v1",
+            NS,
+            "taskactions",
+            taskaction("w1", parentActionName="p0", taskType="python"),
+        )
+        assert _line(proc).split() == COLUMNS  # kubectl prints the header with the first row
+        # Created without a status: Status and Attempts are empty cells.
+        assert _line(proc).split()[:6] == ["w1", "r", "w1", "p0", "task", "python"]
+        for reason, true_type, attempts in (
+            ("Queued", "Progressing", 0),
+            ("Executing", "Progressing", 1),
+            ("Aborted", "Failed", 1),
+        ):
+            custom_api.patch_namespaced_custom_object_status(
+                "flyte.org",
+                "v1",
+                NS,
+                "taskactions",
+                "w1",
+                {"status": {"conditions": _conditions(true_type, reason), "attempts": attempts}},
+            )
+            row = _line(proc).split()
+            assert row[:8] == ["w1", "r", "w1", "p0", "task", "python", reason, str(attempts)]
+        kube_emulator.close_watches()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()

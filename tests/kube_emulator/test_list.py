@@ -1,4 +1,4 @@
-"""Emulator lists: label/field selectors, pagination, resourceVersion semantics (reference 4)."""
+"""Emulator lists: label/field selectors, pagination, resourceVersion semantics."""
 
 from __future__ import annotations
 

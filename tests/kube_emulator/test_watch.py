@@ -1,4 +1,4 @@
-"""Emulator watch streams: framing, start, 410, bookmarks, filters (reference 5, 8.9-8.13)."""
+"""Emulator watch streams: framing, start, 410, bookmarks, filters."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _rv(obj) -> int:
     return int(obj["metadata"]["resourceVersion"])
 
 
-# --- 5.2 framing --------------------------------------------------------------------------
+# --- framing --------------------------------------------------------------------------
 
 
 def _read_headers(sock: socket.socket) -> tuple[bytes, bytes]:
@@ -90,7 +90,7 @@ def test_watch_is_chunked_flushed_per_event_and_ends_cleanly(kube_emulator, cust
         event = json.loads(chunk)
         assert event["type"] == "ADDED" and event["object"]["metadata"]["name"] == "a1"
         final, buf = _read_chunk(sock, buf)
-        assert final == b""  # 5.11: the terminating zero-length chunk after timeoutSeconds
+        assert final == b""  # The terminating zero-length chunk after timeoutSeconds
         assert 0.5 < time.monotonic() - started < 3
         # The connection is still usable (persistent HTTP/1.1).
         sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -100,7 +100,7 @@ def test_watch_is_chunked_flushed_per_event_and_ends_cleanly(kube_emulator, cust
         sock.close()
 
 
-# --- 5.4 / 5.5 / 5.7 where streams start, event content ---------------------------------------
+# --- where streams start, event content ---------------------------------------
 
 
 def test_watch_without_rv_starts_with_synthetic_added_in_key_order(
@@ -135,7 +135,7 @@ def test_watch_from_rv_replays_exactly_the_later_changes(kube_emulator, custom_a
     assert types == ["MODIFIED", "MODIFIED", "MODIFIED", "DELETED"]
     rvs = [_rv(e["object"]) for e in events]
     assert rvs == sorted(rvs) and len(set(rvs)) == len(rvs) and rvs[0] > start
-    assert "deletionTimestamp" in events[2]["object"]["metadata"]  # 5.7: a MODIFIED
+    assert "deletionTimestamp" in events[2]["object"]["metadata"]  # A MODIFIED
     deleted = events[3]["object"]
     # DELETED: the last stored state (finalizer still listed) with the deletion's own RV.
     assert deleted["metadata"]["finalizers"] == ["flyte.org/keep"]
@@ -192,7 +192,7 @@ def test_python_client_retries_410_once_then_raises(kube_emulator, custom_api, t
             resource_version=a["metadata"]["resourceVersion"],
         ):
             pass
-    assert err.value.status == 410  # 8.13: one silent reconnect, then the exception
+    assert err.value.status == 410  # One silent reconnect, then the exception
     watches = [r for r in kube_emulator.requests if "watch=true" in r[1]]
     assert len(watches) == 2
 
@@ -221,7 +221,7 @@ def test_watch_waits_for_a_slightly_future_rv(kube_emulator, custom_api, taskact
     assert [e["type"] for e in events] == ["ADDED"]
 
 
-# --- 5.8 filtered watches ------------------------------------------------------------------
+# --- filtered watches ------------------------------------------------------------------
 
 
 def test_label_filtered_watch_follows_objects_across_the_filter_edge(
@@ -262,10 +262,10 @@ def test_field_selector_and_namespace_scoping(kube_emulator, custom_api, core_ap
     conn.request("GET", f"/apis/{G}/{V}/{P}?watch=1&timeoutSeconds=0.4")
     lines = [json.loads(x) for x in conn.getresponse().read().splitlines()]
     conn.close()
-    assert len(lines) == 3  # 1.4/1.10: all namespaces, and watch=1 parses as true
+    assert len(lines) == 3  # All namespaces, and watch=1 parses as true
 
 
-# --- 5.9 / 5.10 bookmarks --------------------------------------------------------------------
+# --- bookmarks --------------------------------------------------------------------
 
 
 def test_bookmark_on_demand_has_only_resource_version(kube_emulator, custom_api, taskaction):
@@ -320,7 +320,7 @@ def test_send_initial_events_ends_with_annotated_bookmark(kube_emulator, custom_
     assert annotations == {"k8s.io/initial-events-end": "true"}
 
 
-# --- 8.10-8.12 the Python client's loop --------------------------------------------------------
+# --- the Python client's loop --------------------------------------------------------
 
 
 def test_client_watch_yields_bookmarks_and_tracks_rv(kube_emulator, custom_api, taskaction):
@@ -384,7 +384,7 @@ def test_watch_stop_from_client_releases_server_thread(kube_emulator):
 
 
 def test_client_watch_without_known_rv_ends_silently(kube_emulator, custom_api):
-    # 8.12: no resource_version kwarg and no event received: a server close ends the loop.
+    # No resource_version kwarg and no event received: a server close ends the loop.
     threading.Timer(0.3, kube_emulator.close_watches).start()
     events = list(
         watch.Watch().stream(

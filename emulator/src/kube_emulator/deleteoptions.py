@@ -1,4 +1,4 @@
-"""DeleteOptions from a JSON body or, only when the body is empty, the query (reference 3.8a)."""
+"""DeleteOptions from a JSON body or, only when the body is empty, the query."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ class DeleteOptions:
 
 
 def parse_bool(text: str) -> bool:
-    """Go's strconv.ParseBool (reference 1.10)."""
+    """Go's strconv.ParseBool."""
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
     if text in ("0", "f", "F", "false", "FALSE", "False"):
@@ -94,7 +94,7 @@ def parse_delete_options(body: Any, query: dict[str, str]) -> DeleteOptions:
         )
     if errs:
         err: StatusError = invalid_object("DeleteOptions", "DeleteOptions", "", "", errs)
-        err.details = {"kind": "DeleteOptions", "causes": err.details["causes"]}
+        err.details = {"kind": "DeleteOptions", "causes": [e.cause() for e in errs]}
         raise err
     return DeleteOptions(
         propagation_policy=policy,

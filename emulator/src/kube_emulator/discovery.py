@@ -1,4 +1,4 @@
-"""Discovery documents kubectl and the clients read (reference 9.3-9.4)."""
+"""Discovery documents kubectl and the clients read."""
 
 from __future__ import annotations
 
@@ -92,73 +92,3 @@ def api_resource_list(registry: Registry, group: str, version: str) -> dict[str,
     doc["groupVersion"] = f"{group}/{version}" if group else version
     doc["resources"] = resources
     return doc
-
-
-# --- OpenAPI v3 (only what kubectl reads) ---------------------------------------------------
-# kubectl >= 1.27 asks /openapi/v3 whether a kind's PATCH takes ``fieldValidation``; when it
-# does, kubectl validates server-side (fieldValidation=Strict) and needs no schema of its
-# own, so `kubectl apply -f` works without --validate=false. No component schemas are
-# served: kubectl then falls back to merge patch for custom kinds, as with a real server
-# whose CRD schema has no patch-strategy markers. /openapi/v2 stays a 404.
-
-_PATCH_PARAMS = ["dryRun", "fieldManager", "fieldValidation", "force"]
-
-
-def _gv_path(group: str, version: str) -> str:
-    return f"api/{version}" if not group else f"apis/{group}/{version}"
-
-
-def openapi_v3_gv(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
-    types = registry.in_group_version(group, version)
-    if not types:
-        return None
-    prefix = "/" + _gv_path(group, version)
-    paths: dict[str, Any] = {}
-    for rtype in sorted(types, key=lambda t: t.plural):
-        if rtype.namespaced:
-            item = f"{prefix}/namespaces/{{namespace}}/{rtype.plural}/{{name}}"
-        else:
-            item = f"{prefix}/{rtype.plural}/{{name}}"
-        patch_types = ["application/json-patch+json", "application/merge-patch+json"]
-        paths[item] = {
-            "patch": {
-                "operationId": f"patch{rtype.kind}",
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": {
-                    "group": group,
-                    "version": version,
-                    "kind": rtype.kind,
-                },
-                "parameters": [
-                    {"name": name, "in": "query", "schema": {"type": "string"}}
-                    for name in _PATCH_PARAMS
-                ],
-                "requestBody": {
-                    "content": {t: {"schema": {"type": "object"}} for t in patch_types}
-                },
-                "responses": {"200": {"description": "OK"}},
-            }
-        }
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": "unversioned"},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }
-
-
-def openapi_v3_root(registry: Registry) -> dict[str, Any]:
-    import hashlib
-    import json
-
-    paths: dict[str, Any] = {}
-    gvs = [("", "v1")] + [(g, v) for g, vs in registry.group_versions().items() for v in vs]
-    for group, version in gvs:
-        doc = openapi_v3_gv(registry, group, version)
-        if doc is None:
-            continue
-        digest = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
-        paths[_gv_path(group, version)] = {
-            "serverRelativeURL": f"/openapi/v3/{_gv_path(group, version)}?hash={digest.upper()}"
-        }
-    return {"paths": paths}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -119,17 +120,26 @@ class Emulator:
                 out.append(self.store.update(CRDS, None, name, body))
         return out
 
-    def ensure_namespace(self, name: str) -> dict[str, Any]:
+    def ensure_namespace(
+        self, name: str, *, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Create namespace ``name`` unless it exists; returns the stored object."""
+        metadata: dict[str, Any] = {"name": name}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
         try:
-            return self.store.create(NAMESPACES, None, {"metadata": {"name": name}})
+            return self.store.create(NAMESPACES, None, {"metadata": metadata})
         except StatusError as err:
             if err.reason != "AlreadyExists":
                 raise
             return self.store.get(NAMESPACES, None, name)
 
     def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
-        """A kubeconfig for kubectl and ``kubernetes.config.load_kube_config``."""
+        """A kubeconfig for kubectl and ``kubernetes.config.load_kube_config``; its current
+        context points at this emulator with ``namespace``. Written whole (a reader never
+        sees half a file), owner-only as kubeconfigs usually are."""
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -143,7 +153,11 @@ class Emulator:
             ],
             "current-context": "emulator",
         }
-        path.write_text(yaml.safe_dump(config))
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(yaml.safe_dump(config, sort_keys=False))
+        os.replace(partial, path)
         return path
 
     def api_client(self, **config: Any) -> Any:

@@ -1,6 +1,6 @@
 """Every error body the emulator can answer with, in one place.
 
-Bodies follow apimachinery's ``metav1.Status`` exactly (reference section 7): ``metadata`` is
+Bodies follow apimachinery's ``metav1.Status`` exactly: ``metadata`` is
 always ``{}``, ``details.kind`` is the plural resource, and the HTTP status equals ``code``.
 Handlers raise :class:`StatusError`; the HTTP layer turns it into a response.
 """
@@ -37,7 +37,7 @@ MAX_REQUEST_BODY_BYTES = 3 * 1024 * 1024
 ETCD_MAX_REQUEST_BYTES = 3 * 512 * 1024
 ETCD_CLIENT_MAX_SEND_BYTES = 2 * 1024 * 1024
 
-# Go's default mux answer for paths no API group serves (reference 1.6): plain text, not JSON.
+# Go's default mux answer for paths no API group serves: plain text, not JSON.
 PLAIN_404 = b"404 page not found\n"
 PLAIN_429 = b"Too many requests, please try again later.\n"
 
@@ -212,7 +212,9 @@ CONFLICT_MODIFIED = (
 )
 
 
-def invalid_object(group_kind: str, kind: str, group: str, name: str, errs: list[FieldError]):
+def invalid_object(
+    group_kind: str, kind: str, group: str, name: str, errs: list[FieldError]
+) -> StatusError:
     """422 Invalid; ``group_kind`` is ``TaskAction.flyte.org`` (``Namespace`` for core)."""
     if len(errs) == 1:
         text = str(errs[0])
@@ -319,7 +321,9 @@ def rv_too_large(requested: int, current: int) -> StatusError:
     )
 
 
-def namespace_terminating(qualified: str, group: str, plural: str, name: str, namespace: str):
+def namespace_terminating(
+    qualified: str, group: str, plural: str, name: str, namespace: str
+) -> StatusError:
     message = (
         f"unable to create new content in namespace {namespace} because it is being terminated"
     )
@@ -339,12 +343,12 @@ def invalid_resource_version_param(value: str) -> StatusError:
 
 
 def invalid_patch(err: FieldError) -> StatusError:
-    """A JSON patch that cannot apply, or a non-object merge patch (reference 3.7c/d)."""
+    """A JSON patch that cannot apply, or a non-object merge patch."""
     return StatusError(422, "Invalid", f' "" is invalid: {err}', {"causes": [err.cause()]})
 
 
 def resource_version_on_create() -> StatusError:
-    # Upstream answers 500 with no reason (reference 2.2).
+    # Upstream answers 500 with no reason.
     return StatusError(500, "", "resourceVersion should not be set on objects to be created")
 
 

@@ -1,4 +1,4 @@
-"""Garbage collector and namespace controller (reference section 6).
+"""Garbage collector and namespace controller.
 
 Like kube-controller-manager, it runs asynchronously: a thread follows the store's event
 history and reacts to what it sees, so a DELETE returns before its cascade is done. Each
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .deleteoptions import FOREGROUND, ORPHAN
@@ -136,7 +137,9 @@ class GarbageCollector:
             return "waiting"
         return "solid"
 
-    def _dependents(self, rtype: ResourceType, owner: dict[str, Any]):
+    def _dependents(
+        self, rtype: ResourceType, owner: dict[str, Any]
+    ) -> Iterator[tuple[ResourceType, dict[str, Any]]]:
         """Dependents in the owner's namespace (cluster-scoped owners: any namespace)."""
         ns = meta(owner).get("namespace")
         for dep_type, dep in self.store.dependents_of(meta(owner)["uid"]):
@@ -163,7 +166,7 @@ class GarbageCollector:
         if waiting and any(True for _ in self._dependents(rtype, obj)):
             for _dep_type, dep in self._dependents(rtype, obj):
                 if is_deleting(dep) and FOREGROUND in finalizers(dep):
-                    # Cycle guard (6.11): stop our owners from waiting on us.
+                    # Cycle guard: stop our owners from waiting on us.
                     new = deep(obj)
                     for ref in new["metadata"]["ownerReferences"]:
                         if ref.get("blockOwnerDeletion"):

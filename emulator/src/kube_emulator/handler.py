@@ -2,13 +2,14 @@
 
 One handler instance serves one persistent connection (``protocol_version = "HTTP/1.1"``).
 Non-streaming responses always carry Content-Length; watches use chunked encoding with one
-JSON event per chunk, flushed at once (reference 5.2).
+JSON event per chunk, flushed at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import select
 import socket
 import sys
@@ -20,19 +21,27 @@ from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 
-from . import discovery, errors, tables
+from . import discovery, errors, openapi, tables
 from .deleteoptions import parse_bool, parse_delete_options
 from .errors import StatusError
 from .patching import APPLY_PATCH
 from .routing import ResourcePath, resolve
-from .selectors import NAMESPACE_FIELD_GETTERS, parse_field_selector, parse_label_selector
+from .selectors import (
+    NAMESPACE_FIELD_GETTERS,
+    FieldSelector,
+    parse_field_selector,
+    parse_label_selector,
+)
 from .store import WriteOptions, parse_rv
 from .watch import AbortStream, WatchRequest, WatchSession
 
 if TYPE_CHECKING:
     from .emulator import Core
+    from .server import ApiServer
 
 JSON = "application/json"
+
+log = logging.getLogger("kube_emulator.requests")
 
 
 class ApiHandler(BaseHTTPRequestHandler):
@@ -43,13 +52,14 @@ class ApiHandler(BaseHTTPRequestHandler):
     # connection would wait ~40 ms for the client's delayed ACK.
     disable_nagle_algorithm = True
 
-    # Typed access to the shared state the server carries.
+    server: ApiServer  # the server that accepted this connection (narrowed for typing)
+
     @property
     def core(self) -> Core:
-        return self.server.core  # type: ignore[attr-defined]
+        return self.server.core
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # request logging goes to Core.requests instead
+        pass  # requests go to Core.requests and, at DEBUG, to the "kube_emulator" logger
 
     # --- verbs ----------------------------------------------------------------------
 
@@ -194,6 +204,13 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._send_status(errors.internal_error(f"emulator bug: {exc!r}"))
         finally:
             record[2], record[3] = self._status, time.monotonic() - started
+            log.debug(
+                "%s %s -> %s in %.1f ms",
+                self.command,
+                self.path,
+                self._status or "-",
+                record[3] * 1000,
+            )
 
     def _inject(self, rule: Any) -> None:
         # Retry-After 0 is meaningful to urllib3 (retry at once), so test "is not None".
@@ -256,14 +273,20 @@ class ApiHandler(BaseHTTPRequestHandler):
             doc = discovery.api_resource_list(core.registry, "", "v1")
         elif path == "/apis":
             doc = discovery.api_group_list(core.registry)
+        elif path == "/openapi/v2":
+            accept = self.headers.get("Accept") or ""
+            if openapi.V2_PROTOBUF_ACCEPT in accept or openapi.V2_PROTOBUF in accept:
+                self._send_bytes(200, openapi.v2_protobuf(core.registry), openapi.V2_PROTOBUF)
+                return True
+            doc = openapi.v2_json(core.registry)
         elif path == "/openapi/v3":
-            doc = discovery.openapi_v3_root(core.registry)
+            doc = openapi.v3_root(core.registry)
         elif path.startswith("/openapi/v3/"):
             parts = path[len("/openapi/v3/") :].split("/")
             if parts[:1] == ["api"] and len(parts) == 2:
-                doc = discovery.openapi_v3_gv(core.registry, "", parts[1])
+                doc = openapi.v3_group_version(core.registry, "", parts[1])
             elif parts[:1] == ["apis"] and len(parts) == 3:
-                doc = discovery.openapi_v3_gv(core.registry, parts[1], parts[2])
+                doc = openapi.v3_group_version(core.registry, parts[1], parts[2])
             if doc is None:
                 self._send_plain_404()
                 return True
@@ -301,7 +324,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         # apiserver sends one Warning header per warning (RFC 7234 warn-code 299).
         return {"Warning": [f'299 - "{_quote(w)}"' for w in opts.warnings]}
 
-    def _collection(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _collection(
+        self, route: ResourcePath, method: str, query: dict[str, str], body: bytes
+    ) -> None:
         store = self.core.store
         rtype = route.rtype
         if method == "GET":
@@ -348,11 +373,11 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise errors.method_not_allowed(method, rtype.qualified)
 
-    def _fields(self, route: ResourcePath, query: dict[str, str]):
+    def _fields(self, route: ResourcePath, query: dict[str, str]) -> FieldSelector:
         getters = NAMESPACE_FIELD_GETTERS if route.rtype.plural == "namespaces" else None
         return parse_field_selector(query.get("fieldSelector"), getters)
 
-    def _object(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _object(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes) -> None:
         store = self.core.store
         rtype, ns, name = route.rtype, route.namespace, route.name or ""
         if method == "GET":
@@ -384,7 +409,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         else:
             raise errors.method_not_allowed(method, rtype.qualified)
 
-    def _patch(self, route: ResourcePath, query: dict[str, str], body: bytes, sub: str | None):
+    def _patch(
+        self, route: ResourcePath, query: dict[str, str], body: bytes, sub: str | None
+    ) -> None:
         ctype = self._content_type()
         if ctype == APPLY_PATCH:
             # Server-side apply is not emulated; refuse it loudly instead of mis-applying.
@@ -406,7 +433,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         )
         self._send_json(200, _present(obj, route), self._warning_headers(opts))
 
-    def _subresource(self, route: ResourcePath, method: str, query: dict[str, str], body: bytes):
+    def _subresource(
+        self, route: ResourcePath, method: str, query: dict[str, str], body: bytes
+    ) -> None:
         rtype = route.rtype
         if route.subresource != "status" or not rtype.status_subresource:
             raise errors.subresource_not_found()
@@ -469,7 +498,9 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
         self._status = 200
         core.watchers_started += 1
-        self._record[2] = 200  # visible in the request log while the stream is open
+        log.debug("%s %s -> 200, watching", self.command, self.path)
+        if self._record is not None:
+            self._record[2] = 200  # visible in the request log while the stream is open
         try:
             session.run(self._write_chunk)
             self.wfile.write(b"0\r\n\r\n")
@@ -497,7 +528,8 @@ class ApiHandler(BaseHTTPRequestHandler):
             readable, _, _ = select.select([self.connection], [], [], 0)
             if not readable:
                 return False
-            return self.connection.recv(1, socket.MSG_PEEK) == b""
+            peeked: bytes = self.connection.recv(1, socket.MSG_PEEK)
+            return peeked == b""
         except (OSError, ValueError):
             return True
 
@@ -578,7 +610,7 @@ def _present_list(result: dict[str, Any], route: ResourcePath) -> dict[str, Any]
     api_version = route.rtype.api_version(route.version)
     items = result["items"]
     if route.rtype.builtin:
-        # Built-in list items omit apiVersion/kind (reference 2.10).
+        # Built-in list items omit apiVersion/kind.
         items = [{k: v for k, v in i.items() if k not in ("apiVersion", "kind")} for i in items]
     else:
         items = [_present(i, route) for i in items]

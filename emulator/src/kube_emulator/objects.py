@@ -6,7 +6,9 @@ import copy
 import random
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 # apiserver's names.SimpleNameGenerator alphabet: no vowels, no look-alike digits.
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
@@ -44,12 +46,12 @@ def without_rv(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def non_metadata(obj: dict[str, Any], *, skip_status: bool) -> dict[str, Any]:
-    """Everything whose change bumps ``generation`` (reference 2.5)."""
+    """Everything whose change bumps ``generation``."""
     skip = {"metadata", "apiVersion", "kind"} | ({"status"} if skip_status else set())
     return {k: v for k, v in obj.items() if k not in skip}
 
 
-def deep(obj: Any) -> Any:
+def deep(obj: _T) -> _T:
     return copy.deepcopy(obj)
 
 

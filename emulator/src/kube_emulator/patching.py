@@ -1,11 +1,12 @@
-"""JSON merge patch (RFC 7386) and JSON patch (RFC 6902) over plain dicts (reference 3.7)."""
+"""JSON merge patch (RFC 7386) and JSON patch (RFC 6902) over plain dicts; strategic merge
+patch (built-in kinds only) lives in ``strategic``."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from . import errors
+from . import errors, strategic
 from .errors import FieldError, StatusError, bad_request, invalid, unsupported_media_type
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -28,20 +29,6 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
-
-
-def strip_strategic_directives(patch: Any) -> Any:
-    """Strategic merge patch approximated as merge patch, for built-in kinds only.
-
-    kubectl's client-side ``apply`` sends strategic merge patches to built-in kinds
-    (namespaces, CRDs). The emulator applies them as merge patches after dropping the
-    ``$``-directives; lists are replaced whole instead of merged by key.
-    """
-    if isinstance(patch, dict):
-        return {k: strip_strategic_directives(v) for k, v in patch.items() if not k.startswith("$")}
-    if isinstance(patch, list):
-        return [strip_strategic_directives(v) for v in patch]
-    return patch
 
 
 def _decode_pointer(path: str) -> list[str]:
@@ -155,7 +142,7 @@ def json_patch(target: Any, ops: Any) -> Any:
     return doc
 
 
-def apply_patch(target: dict[str, Any], content_type: str, body: Any, *, builtin: bool):
+def apply_patch(target: dict[str, Any], content_type: str, body: Any, *, builtin: bool) -> Any:
     """Return the patched document or raise the Status the real server would send."""
     if content_type == MERGE_PATCH:
         if not isinstance(body, dict):
@@ -169,7 +156,7 @@ def apply_patch(target: dict[str, Any], content_type: str, body: Any, *, builtin
     if content_type == STRATEGIC_MERGE_PATCH and builtin:
         if not isinstance(body, dict):
             raise _patch_invalid(body, "must be a JSON object for a strategic merge patch")
-        return merge_patch(target, strip_strategic_directives(body))
+        return strategic.apply(target, body)
     raise unsupported_media_type(content_type)
 
 

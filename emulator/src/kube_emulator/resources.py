@@ -1,4 +1,10 @@
-"""The kinds the emulator serves: built-ins (namespaces, CRDs) and CRD-defined kinds."""
+"""The kinds the emulator serves: built-ins and CRD-defined kinds.
+
+Namespaces and CustomResourceDefinitions have behaviour of their own (the namespace
+controller, serving CRD-defined kinds). The other built-in kinds are the ones a typical
+deployment manifest holds (``kubectl apply -k k8s/``): they are stored generically, without
+schema validation, defaulting or controllers.
+"""
 
 from __future__ import annotations
 
@@ -77,7 +83,54 @@ CRDS = ResourceType(
     categories=("api-extensions",),
 )
 
-BUILTINS = (NAMESPACES, CRDS)
+
+def _generic(
+    group: str,
+    kind: str,
+    plural: str,
+    *,
+    namespaced: bool = True,
+    status: bool = False,
+    short_names: tuple[str, ...] = (),
+    categories: tuple[str, ...] = (),
+) -> ResourceType:
+    return ResourceType(
+        group=group,
+        versions=("v1",),
+        kind=kind,
+        plural=plural,
+        singular=kind.lower(),
+        namespaced=namespaced,
+        status_subresource=status,
+        builtin=True,
+        short_names=short_names,
+        categories=categories,
+    )
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+# Stored as sent (plus server-owned metadata); no schema, defaulting or controllers.
+GENERIC_BUILTINS = (
+    _generic("", "ConfigMap", "configmaps", short_names=("cm",)),
+    _generic("", "Secret", "secrets"),
+    _generic("", "ServiceAccount", "serviceaccounts", short_names=("sa",)),
+    _generic("", "Service", "services", status=True, short_names=("svc",), categories=("all",)),
+    _generic(
+        "apps",
+        "Deployment",
+        "deployments",
+        status=True,
+        short_names=("deploy",),
+        categories=("all",),
+    ),
+    _generic(RBAC_GROUP, "Role", "roles"),
+    _generic(RBAC_GROUP, "RoleBinding", "rolebindings"),
+    _generic(RBAC_GROUP, "ClusterRole", "clusterroles", namespaced=False),
+    _generic(RBAC_GROUP, "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+)
+
+BUILTINS = (NAMESPACES, CRDS, *GENERIC_BUILTINS)
 
 
 def resource_type_from_crd(crd: dict[str, Any]) -> ResourceType:
@@ -135,6 +188,62 @@ def crd_errors(crd: dict[str, Any]) -> list[str]:
     elif sum(1 for v in versions if v.get("storage")) != 1:
         problems.append(
             "spec.versions: Invalid value: must have exactly one version marked as storage version"
+        )
+    for i, version in enumerate(versions):
+        for j, column in enumerate(version.get("additionalPrinterColumns") or []):
+            problems += _printer_column_errors(
+                column, f"spec.versions[{i}].additionalPrinterColumns[{j}]"
+            )
+    return problems
+
+
+PRINTER_COLUMN_TYPES = ("boolean", "date", "integer", "number", "string")
+PRINTER_COLUMN_FORMATS = (
+    "byte",
+    "date",
+    "date-time",
+    "double",
+    "float",
+    "int32",
+    "int64",
+    "password",
+)
+
+
+def _supported(values: tuple[str, ...]) -> str:
+    return ", ".join(f'"{v}"' for v in values)
+
+
+def _printer_column_errors(column: Any, path: str) -> list[str]:
+    """apiextensions' ValidateCustomResourceColumnDefinition."""
+    if not isinstance(column, dict):
+        return [f"{path}: Invalid value: must be an object"]
+    problems = []
+    if not column.get("name"):
+        problems.append(f"{path}.name: Required value")
+    ctype = column.get("type")
+    if not ctype:
+        problems.append(
+            f"{path}.type: Required value: must be one of {','.join(PRINTER_COLUMN_TYPES)}"
+        )
+    elif ctype not in PRINTER_COLUMN_TYPES:
+        problems.append(
+            f'{path}.type: Unsupported value: "{ctype}": supported values: '
+            + _supported(PRINTER_COLUMN_TYPES)
+        )
+    fmt = column.get("format")
+    if fmt and fmt not in PRINTER_COLUMN_FORMATS:
+        problems.append(
+            f'{path}.format: Unsupported value: "{fmt}": supported values: '
+            + _supported(PRINTER_COLUMN_FORMATS)
+        )
+    json_path = column.get("jsonPath")
+    if not json_path:
+        problems.append(f"{path}.JSONPath: Required value")
+    elif not str(json_path).startswith("."):
+        problems.append(
+            f'{path}.jsonPath: Invalid value: "{json_path}": must be a simple json path '
+            "starting with ."
         )
     return problems
 

@@ -1,4 +1,4 @@
-"""Map a URL path onto a served kind, namespace, name and subresource (reference 1.1-1.6)."""
+"""Map a URL path onto a served kind, namespace, name and subresource."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def resolve(registry: Registry, path: str) -> ResourcePath | None:
     return _build(rtype, version, None, rest[1:])
 
 
-def _build(rtype: ResourceType, version: str, namespace: str | None, rest: list[str]):
+def _build(
+    rtype: ResourceType, version: str, namespace: str | None, rest: list[str]
+) -> ResourcePath | None:
     if len(rest) > 2:
         return None
     name = rest[0] if rest else None

@@ -1,4 +1,4 @@
-"""Label and field selectors (reference 4.6-4.8), parsed once per request."""
+"""Label and field selectors, parsed once per request."""
 
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         return ident("identifier")
 
     while True:
+        values: tuple[str, ...]
         negate = False
         if peek() == "!":
             negate = True

@@ -7,22 +7,31 @@ every connection thread so tests can check nothing leaked.
 
 from __future__ import annotations
 
+import logging
 import socket
 import socketserver
+import sys
 import threading
 from http.server import HTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .handler import ApiHandler
 
+if TYPE_CHECKING:
+    from .emulator import Core
 
-class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
+log = logging.getLogger("kube_emulator")
+
+
+class ApiServer(socketserver.ThreadingMixIn, HTTPServer):
+    """One thread per connection; carries the emulator (``core``) its handlers serve."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], core: Any) -> None:
+    def __init__(self, address: tuple[str, int], core: Core) -> None:
         self.core = core
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
@@ -33,6 +42,12 @@ class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         socketserver.TCPServer.server_bind(self)
         host, port = self.server_address[:2]
         self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return  # the client reset or abandoned the connection: nothing to report
+        log.error("error serving %s", client_address, exc_info=exc)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
@@ -70,11 +85,11 @@ class _ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
 class Listener:
     """Owns one bound server at a time; can stop listening and come back on the same port."""
 
-    def __init__(self, core: Any, host: str, port: int) -> None:
+    def __init__(self, core: Core, host: str, port: int) -> None:
         self.core = core
         self.host = host
         self.port = port
-        self._server: _ThreadingServer | None = None
+        self._server: ApiServer | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._listening = False
@@ -88,7 +103,7 @@ class Listener:
         with self._lock:
             if self._server is not None:
                 return
-            server = _ThreadingServer((self.host, self.port), self.core)
+            server = ApiServer((self.host, self.port), self.core)
             self.port = server.server_address[1]
             self._server = server
             self._thread = threading.Thread(

@@ -200,8 +200,7 @@ class ObjectStore:
 
     def _drop_custom_resources(self, crd: dict[str, Any]) -> None:
         # The real server's CRD finalizer deletes every instance before the CRD goes away.
-        spec = crd.get("spec") or {}
-        served = self.registry.get(spec.get("group", ""), (spec.get("names") or {}).get("plural"))
+        served = self.registry.get(*_crd_type_key(crd))
         if served is None:
             return
         for okey, obj in sorted(self._bucket(served).items()):
@@ -253,7 +252,9 @@ class ObjectStore:
                     out.append((rtype, obj))
             return out
 
-    def lookup(self, rtype: ResourceType, namespace: str | None, name: str):
+    def lookup(
+        self, rtype: ResourceType, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
         with self.lock:
             return self._bucket(rtype).get(self._okey(rtype, namespace, name))
 
@@ -302,7 +303,7 @@ class ObjectStore:
                 [errors.invalid("kind", body["kind"], f"must be {rtype.kind}")],
             )
 
-    def _check_namespace_for_create(self, rtype: ResourceType, namespace: str, name: str):
+    def _check_namespace_for_create(self, rtype: ResourceType, namespace: str, name: str) -> None:
         ns = self._bucket(NAMESPACES).get(("", namespace))
         if ns is None:
             raise errors.namespace_not_found(namespace)
@@ -426,8 +427,7 @@ class ObjectStore:
             obj.pop("status", None)
 
     def _check_crd_conflict(self, crd: dict[str, Any]) -> None:
-        spec = crd.get("spec") or {}
-        existing = self.registry.get(spec.get("group", ""), (spec.get("names") or {}).get("plural"))
+        existing = self.registry.get(*_crd_type_key(crd))
         if existing is not None and existing.builtin:
             raise errors.bad_request("cannot redefine a built-in resource")
 
@@ -645,7 +645,7 @@ class ObjectStore:
         ):
             new["metadata"]["generation"] = cur_meta.get("generation", 1) + 1
         if without_rv(new) == without_rv(current):
-            return current  # no-op: no new RV, no event (reference 2.4)
+            return current  # no-op: no new RV, no event
         okey = self._okey(rtype, cur_meta.get("namespace"), name)
         if opts.dry_run:
             return new
@@ -658,7 +658,7 @@ class ObjectStore:
     def _merge_server_fields(
         self, rtype: ResourceType, current: dict[str, Any], body: dict[str, Any]
     ) -> dict[str, Any]:
-        """Main-resource write: keep what the server owns (reference 2.6, 3.6b)."""
+        """Main-resource write: keep what the server owns."""
         new = deep(body)
         md = new.setdefault("metadata", {})
         cur_meta = meta(current)
@@ -781,7 +781,9 @@ class ObjectStore:
 
     # --- internal writes for the controllers (lock held by caller) -------------------------
 
-    def controller_update(self, rtype: ResourceType, current: dict[str, Any], new: dict[str, Any]):
+    def controller_update(
+        self, rtype: ResourceType, current: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
         """Write ``new`` over ``current`` as a controller would (PUT with the current RV)."""
         new = deep(new)
         new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -795,8 +797,10 @@ class ObjectStore:
             WriteOptions(),
         )
 
-    def controller_delete(self, rtype: ResourceType, current: dict[str, Any], policy: str | None):
-        """Delete with a uid precondition, as the garbage collector does (reference 6.3)."""
+    def controller_delete(
+        self, rtype: ResourceType, current: dict[str, Any], policy: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Delete with a uid precondition, as the garbage collector does."""
         options = DeleteOptions(propagation_policy=policy, precondition_uid=meta(current)["uid"])
         return self._delete_locked(rtype, current, options)
 
@@ -817,6 +821,12 @@ class ObjectStore:
                     continue
                 for obj in list(bucket.values()):
                     yield rtype, obj
+
+
+def _crd_type_key(crd: dict[str, Any]) -> TypeKey:
+    """(group, plural) of the kind a CustomResourceDefinition serves."""
+    spec = crd.get("spec") or {}
+    return str(spec.get("group") or ""), str((spec.get("names") or {}).get("plural") or "")
 
 
 def _check_storable(obj: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""Name, label, finalizer and ownerReference rules from apimachinery (reference 2.7)."""
+"""Name, label, finalizer and ownerReference rules from apimachinery."""
 
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def validate_metadata(
     return errs
 
 
-def _validate_string_map(value: Any, path: str, *, check_values: bool = False):
+def _validate_string_map(value: Any, path: str, *, check_values: bool = False) -> list[FieldError]:
     errs: list[FieldError] = []
     if value is None:
         return errs

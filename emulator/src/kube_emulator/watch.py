@@ -1,4 +1,4 @@
-"""One watch stream: where it starts, what it sends, when it ends (reference section 5).
+"""One watch stream: where it starts, what it sends, when it ends.
 
 The session is transport-free: it calls ``emit(event_dict)`` for every event and returns
 when the stream should end cleanly, or raises :class:`AbortStream` when the transport must
@@ -119,7 +119,7 @@ class WatchSession:
         return self.req.labels.matches(md.get("labels")) and self.req.fields.matches(obj)
 
     def _translate(self, event: Event) -> dict[str, Any] | None:
-        """Map a store event onto this watcher's filter (reference 5.8)."""
+        """Map a store event onto this watcher's filter."""
         if event.rkey != self.req.rtype.key:
             return None
         if event.type == "MODIFIED":

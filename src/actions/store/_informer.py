@@ -27,7 +27,8 @@ from kubernetes import client, watch
 from actions.store import _meta
 from actions.store._kube_client import Backoff, ClientSettings, TokenBucket, call, translate
 from actions.store._meta import copy_json
-from actions.store.base import KubeObject, WatchEvent
+from actions.store._roots import RootOrder, is_root, take_page
+from actions.store.base import KubeObject, RootCursor, WatchEvent
 from actions.store.errors import Gone, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Informer:
         self._history_size = history
         self._lock = threading.Lock()
         self._cache: dict[str, KubeObject] = {}
+        self._roots = RootOrder()  # the roots in _cache, in creation order
         # Objects the API server showed this process (lists, reads, write responses) in a
         # newer state than the cache holds yet. A watch consumer may have been shown them
         # too (a WatchForUpdates snapshot is a server list), so a re-list must report
@@ -131,6 +133,20 @@ class Informer:
         with self._lock:
             obj = self._cache.get(name)
         return None if obj is None else copy_json(obj)
+
+    def roots_page(
+        self, labels: dict[str, str], limit: int, before: RootCursor | None
+    ) -> tuple[list[KubeObject], RootCursor | None]:
+        """``Store.list_roots`` from the cache."""
+        with self._lock:
+            cache = self._cache
+
+            def matches(name: str) -> bool:
+                obj_labels = cache[name]["metadata"].get("labels") or {}
+                return all(obj_labels.get(k) == v for k, v in labels.items())
+
+            names, cursor = take_page(self._roots, before, limit, matches)
+            return [copy_json(cache[name]) for name in names], cursor
 
     def note(self, objects: list[KubeObject], as_of: int | None = None) -> None:
         """Remember objects the API server returned (``as_of``: a list's resourceVersion;
@@ -270,6 +286,9 @@ class Informer:
         with self._lock:
             old = self._cache
             self._cache = items
+            self._roots.clear()
+            for name, item in items.items():
+                self._track_root(name, item)
             first = not self._listed.is_set()
             # What a consumer may know besides the old cache: objects shown by the API
             # server up to this list (newer ones stay, still ahead of the cache).
@@ -341,15 +360,24 @@ class Informer:
                 del self._known[event.name]
             if event.type == "DELETED":
                 self._cache.pop(event.name, None)
+                self._roots.discard(event.name)
             else:
                 # Its own copy: consumers may mutate the event's object.
                 self._cache[event.name] = copy_json(event.object)
+                self._track_root(event.name, event.object)
             self._history.append(event)
             self._applied_rv = max(self._applied_rv, _rv(event.object))
             while len(self._history) > self._history_size:
                 self._floor = _rv(self._history.popleft().object)
             sinks = list(self._sinks)
         self._hand_out(event, sinks)
+
+    def _track_root(self, name: str, obj: KubeObject) -> None:
+        meta = obj["metadata"]
+        if is_root(meta.get("labels") or {}):
+            self._roots.add(name, meta.get("creationTimestamp") or "")
+        else:
+            self._roots.discard(name)
 
     def _hand_out(self, event: WatchEvent, sinks: list[Sink]) -> None:
         rv = _rv(event.object)

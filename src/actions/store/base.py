@@ -17,6 +17,10 @@ import trio
 KubeObject = dict[str, Any]
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 PropagationPolicy = Literal["Background", "Foreground", "Orphan"]
+# A position in the roots' creation order: (creationTimestamp, name) of the last root seen.
+RootCursor = tuple[str, str]
+# A page of roots and the cursor after it (None: no older root is left).
+RootPage = tuple[list[KubeObject], RootCursor | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +32,13 @@ class WatchEvent:
 
     @property
     def name(self) -> str:
-        return self.object["metadata"]["name"]
+        name: str = self.object["metadata"]["name"]
+        return name
 
     @property
     def resource_version(self) -> str:
-        return self.object["metadata"]["resourceVersion"]
+        rv: str = self.object["metadata"]["resourceVersion"]
+        return rv
 
 
 class Store(Protocol):
@@ -45,12 +51,32 @@ class Store(Protocol):
         (an ownerReference names a missing owner) or OwnerTerminating."""
         ...
 
+    async def create_with_status(self, obj: KubeObject, status: dict[str, Any]) -> KubeObject:
+        """``create``, then ``status`` written through the status subresource (an ADDED
+        and a MODIFIED event). The embedded store does both in one transaction; the
+        Kubernetes backend in two requests, keeping a status someone else wrote in
+        between. Raises what create raises, TooLarge (nothing is left behind), or
+        OwnerTerminating (the object was deleted at once with its owner)."""
+        ...
+
     async def get(self, name: str) -> KubeObject:
         """Raises NotFound."""
         ...
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
         """Objects whose labels include all of ``labels``, and the list's resourceVersion."""
+        ...
+
+    async def list_roots(
+        self, labels: dict[str, str], *, limit: int, before: RootCursor | None = None
+    ) -> RootPage:
+        """A page of root objects (label ``flyte.org/is-root=true``: one per run) whose
+        labels include all of ``labels``, newest first (by creationTimestamp, then name,
+        both descending): at most ``limit`` of them, all older than ``before``. Returns
+        the page and the cursor to pass as ``before`` for the next one (None when no
+        older root is left). Answered from memory (the embedded store's index, the
+        Kubernetes informer's cache): it costs the page and the roots ``labels`` skips,
+        never the whole store."""
         ...
 
     async def update_status(self, obj: KubeObject) -> KubeObject:
@@ -75,7 +101,8 @@ class Store(Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The single change stream: runs until cancelled, sending every ADDED, MODIFIED
-        and DELETED event in the order the store applied them. ``send`` applies
+        and DELETED event in the order the store applied them. Event objects may be
+        shared with other followers: read them, never change them. ``send`` applies
         backpressure. Calls ``task_status.started()`` once it is following changes, so
         that a caller that waited for it misses nothing written afterwards.
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from connect_proto._headers import Headers
 from connect_proto._types import RawHeaders
 
-# What Connect, gRPC-Web and their browser clients send and need to read (§4).
+# What Connect, gRPC-Web and their browser clients send and need to read
+# (https://connectrpc.com/docs/cors, "Configurations by protocol").
 PROTOCOL_REQUEST_HEADERS = (
     "content-type",
     "connect-protocol-version",

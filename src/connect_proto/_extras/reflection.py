@@ -20,18 +20,22 @@ Wiring::
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, Final
+from typing import Final, cast
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor, FileDescriptor, ServiceDescriptor
 from google.protobuf.descriptor_pool import DescriptorPool
-from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from grpc_reflection.v1alpha import reflection_pb2 as v1alpha_pb2
 
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code
 from connect_proto._types import SendMessage
+
+# v1 messages are v1alpha's under another package name, so one pair of types describes
+# both (the v1 classes are made at import time, below).
+ReflectionRequest = v1alpha_pb2.ServerReflectionRequest
+ReflectionResponse = v1alpha_pb2.ServerReflectionResponse
 
 V1ALPHA_FILE: Final[FileDescriptor] = v1alpha_pb2.DESCRIPTOR
 V1_FILE_NAME: Final = "grpc/reflection/v1/reflection.proto"
@@ -120,7 +124,8 @@ class SchemaIndex:
             return None
         pool, message = found
         try:
-            return pool.FindExtensionByNumber(message, number).file
+            extension = pool.FindExtensionByNumber(message, number)
+            return pool.FindFileContainingSymbol(extension.full_name)
         except KeyError:
             return None
 
@@ -206,21 +211,26 @@ class ServerReflection:
     v1alpha share the shape, so one implementation serves both.
     """
 
-    def __init__(self, index: SchemaIndex, response_type: type[Message]) -> None:
+    def __init__(self, index: SchemaIndex, response_type: type[ReflectionResponse]) -> None:
         self._index = index
         self._response_type = response_type
 
     async def server_reflection_info(
-        self, requests: AsyncIterator[Any], ctx: RequestContext, send: SendMessage[Message]
+        self,
+        requests: AsyncIterator[ReflectionRequest],
+        ctx: RequestContext,
+        send: SendMessage[ReflectionResponse],
     ) -> None:
         sent: set[str] = set()
         async for request in requests:
             await send(self.answer(request, sent))
 
-    def answer(self, request: Any, sent: set[str] | None = None) -> Message:
+    def answer(
+        self, request: ReflectionRequest, sent: set[str] | None = None
+    ) -> ReflectionResponse:
         """The response to one request (``sent``: files already sent on the stream)."""
         sent = set() if sent is None else sent
-        response: Any = self._response_type(valid_host=request.host)
+        response = self._response_type(valid_host=request.host)
         response.original_request.CopyFrom(request)
         kind = request.WhichOneof("message_request")
         index = self._index
@@ -265,7 +275,7 @@ class ServerReflection:
         return response
 
 
-def _error(response: Any, code: Code, what: str) -> Message:
+def _error(response: ReflectionResponse, code: Code, what: str) -> ReflectionResponse:
     response.error_response.error_code = code.grpc
     response.error_response.error_message = f"{what} not found" if code is Code.NOT_FOUND else what
     return response
@@ -277,7 +287,11 @@ def reflection_services(
     """``(descriptor, implementation)`` pairs for ConnectApp: reflection v1 and v1alpha
     describing ``services`` and themselves."""
     index = SchemaIndex([*services, V1_SERVICE, V1ALPHA_SERVICE])
-    v1_response = GetMessageClass(V1_FILE.message_types_by_name["ServerReflectionResponse"])
+    # The derived v1 class has exactly v1alpha's fields (see _derive_v1_file).
+    v1_response = cast(
+        type[ReflectionResponse],
+        GetMessageClass(V1_FILE.message_types_by_name["ServerReflectionResponse"]),
+    )
     return [
         (V1_SERVICE, ServerReflection(index, v1_response)),
         (V1ALPHA_SERVICE, ServerReflection(index, v1alpha_pb2.ServerReflectionResponse)),

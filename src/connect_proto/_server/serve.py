@@ -1,4 +1,10 @@
-"""Run an ASGI app under hypercorn's trio worker, programmatically."""
+"""Run an ASGI app on hypercorn's trio worker with connect_proto's connection classes.
+
+Nothing is patched: ``serve`` runs its own worker loop (``worker.worker_serve``) whose
+connections are ``RpcTCPServer``s (tcp_server.py, protocol.py, h2_connection.py), after
+checking that the installed hypercorn and h2 are the versions those were written for
+(compat.py). docs/hypercorn-upstream.md lists the hypercorn bugs they work around.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,15 @@ from typing import Any
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.utils import wrap_app
 
-from connect_proto._server import fixes as hypercorn_fixes
+from connect_proto._server.compat import check_supported
+from connect_proto._server.flood import FloodLimits
+from connect_proto._server.protocol import ServerOptions
 from connect_proto._server.tls import ReloadingTLS
+from connect_proto._server.worker import worker_serve
 
 log = logging.getLogger("connect_proto._server.serve")
-
-# Before any server runs: answering before the body is read must not crash hypercorn.
-hypercorn_fixes.apply()
 
 # hypercorn closes a keep-alive connection after 1,000 requests by default; RPC clients
 # hold long-lived connections, so raise it far beyond any realistic count.
@@ -33,6 +39,7 @@ class RpcConfig(Config):
 
     tls: ReloadingTLS | None = None
     tls_reload_interval: float | None = 5.0
+    h2_flood_limits: FloodLimits = FloodLimits()
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is not None:
@@ -52,6 +59,7 @@ def make_config(
     keep_alive_timeout: float = 75.0,
     graceful_timeout: float = 5.0,
     h2_max_concurrent_streams: int = 1000,
+    h2_flood_limits: FloodLimits | None = None,
     access_log: bool = False,
 ) -> RpcConfig:
     """A hypercorn Config for serving RPCs.
@@ -62,7 +70,8 @@ def make_config(
     are verified against (mTLS); ``require_client_cert`` makes one mandatory. The
     certificate files are checked every ``tls_reload_interval`` seconds and reloaded
     when they change (None: never). ``h2_max_concurrent_streams`` is the HTTP/2
-    SETTINGS_MAX_CONCURRENT_STREAMS each connection advertises.
+    SETTINGS_MAX_CONCURRENT_STREAMS each connection advertises; ``h2_flood_limits`` the
+    per-connection budgets for resets, PINGs, SETTINGS and empty DATA (flood.py).
     """
     if h2_max_concurrent_streams < 1:
         raise ValueError("h2_max_concurrent_streams must be >= 1")
@@ -73,6 +82,8 @@ def make_config(
     config.keep_alive_timeout = keep_alive_timeout
     config.graceful_timeout = graceful_timeout
     config.h2_max_concurrent_streams = h2_max_concurrent_streams
+    if h2_flood_limits is not None:
+        config.h2_flood_limits = h2_flood_limits
     config.accesslog = "-" if access_log else None
     # Through logging, so applications and tests decide what is shown.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -112,9 +123,14 @@ async def serve(
     app: Any,
     config: Config,
     *,
+    coalesce_writes: bool = True,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` until cancelled; ``task_status.started`` gets the bound port.
+
+    ``coalesce_writes`` False writes each HTTP/2 frame batch with its own ``send_all``,
+    as stock hypercorn does (coalescer.py; for benchmarks). Raises
+    ``UnsupportedLibraryError`` at once when hypercorn or h2 is not a verified version.
 
     hypercorn reports the addresses it actually bound (``getsockname``), so binding
     port 0 in ``make_config`` yields a real ephemeral port here. Cancelling this task
@@ -124,6 +140,11 @@ async def serve(
     the lifespan context. With an ``RpcConfig`` using TLS, certificate files are
     watched for changes while serving.
     """
+    check_supported()
+    options = ServerOptions(
+        coalesce_writes=coalesce_writes,
+        flood_limits=getattr(config, "h2_flood_limits", FloodLimits()),
+    )
     shutdown = trio.Event()
     # Duck-typed so that wrapping middleware can forward it; looked up once, here.
     begin_shutdown = getattr(app, "begin_shutdown", None)
@@ -133,11 +154,12 @@ async def serve(
 
     async def run(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         with server_scope:
-            await hypercorn_serve(
-                app,
+            await worker_serve(
+                wrap_app(app, config.wsgi_max_body_size, None),
                 config,
+                options=options,
                 shutdown_trigger=shutdown.wait,
-                task_status=_PortStatus(task_status),  # type: ignore[arg-type]
+                task_status=_PortStatus(task_status),
             )
 
     async with trio.open_nursery() as nursery:

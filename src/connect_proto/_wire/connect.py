@@ -11,6 +11,7 @@ from google.protobuf.message import Message
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError, detail_as_any, detail_type_name
 from connect_proto._headers import Headers
+from connect_proto._types import AsgiEvent, RawHeaders
 from connect_proto._wire.b64 import decode_lenient, encode_unpadded
 from connect_proto._wire.compression import (
     negotiate_response,
@@ -24,8 +25,6 @@ from connect_proto._wire.envelope import (
     encode_envelope,
 )
 from connect_proto._wire.protocol import (
-    AsgiEvent,
-    RawHeaders,
     ServerCall,
     body_event,
     encode_headers,

@@ -1,9 +1,9 @@
 """Request classification before any protocol runs (sans-IO).
 
-Implements the check order of connect-go's handler: bidi on HTTP/1 (505), unknown path
-(404), HTTP method (405), content type (415), GET with a body (415), then the
-transport checks for gRPC (HTTP/2 and ``te: trailers``). Everything after that is
-reported in the protocol's own error format by a ``ServerCall``.
+Unknown path first (404, a mux's answer), then the check order of connect-go's
+handler: bidi on HTTP/1 (505), HTTP method (405), content type (415), GET with a body
+(415), then the transport checks for gRPC (HTTP/2 and ``te: trailers``). Everything
+after that is reported in the protocol's own error format by a ``ServerCall``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 from connect_proto._errors import Code, RpcError
 from connect_proto._headers import Headers
 from connect_proto._service import MethodKind, RpcRoute
+from connect_proto._types import RawHeaders
 from connect_proto._wire.codec import CODECS, Codec
 from connect_proto._wire.connect import (
     STREAM_CONTENT_TYPES,
@@ -32,7 +33,7 @@ from connect_proto._wire.grpc import (
     GrpcWebCall,
     GrpcWebTextCall,
 )
-from connect_proto._wire.protocol import CallRequest, RawHeaders, ServerCall
+from connect_proto._wire.protocol import CallRequest, ServerCall
 
 
 @dataclass(frozen=True, slots=True)

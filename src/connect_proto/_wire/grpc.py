@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError, detail_as_any
 from connect_proto._headers import Headers
+from connect_proto._types import AsgiEvent, RawHeaders
 from connect_proto._wire.b64 import encode_unpadded
 from connect_proto._wire.compression import (
     negotiate_response,
@@ -31,8 +32,6 @@ from connect_proto._wire.envelope import (
     encode_envelope,
 )
 from connect_proto._wire.protocol import (
-    AsgiEvent,
-    RawHeaders,
     ServerCall,
     body_event,
     encode_headers,
