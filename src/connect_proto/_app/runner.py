@@ -318,6 +318,10 @@ class CallRunner:
                         log.exception("handler for %s failed", self.route.path)
                         error = RpcError(Code.INTERNAL, "internal error")
         self._handler_scope = None
+        # One turn for the connection's other tasks between the handler and its answer,
+        # as when the handler ran in a nursery of its own: the server reads the rest of
+        # the client's frames (a PING sent with the request) before the answer goes out.
+        await trio.lowlevel.checkpoint()
         if self.body.disconnected or self.abandoned:
             return  # the client is gone or not reading: write nothing more
         if scope.cancelled_caught and error is None and final is None:
