@@ -9,7 +9,7 @@ so that stalled clients are abandoned within the run. Client threads, each loopi
 the time is up (every loop bounded by it, every socket wait by a timeout):
 
 - ``good``: Enqueue then Update children of its own root over gRPC, reading every
-  answer; a new connection every 50 calls.
+  answer, over a bounded set of 200 children; a new connection every 50 calls.
 - ``watcher``: WatchForUpdates on a busy parent, reads the snapshot and a few updates,
   then cancels the stream (RST_STREAM) or drops the connection, and reconnects.
 - ``leaver``: window 0, 40 unary calls and 4 watches, then closes the socket (FIN). The
@@ -59,6 +59,7 @@ from raw_h2 import (  # noqa: E402
 
 SVC = "/flyteidl2.actions.ActionsService/"
 BUSY_PARENT = "busy"
+GOOD_CHILDREN = 200  # per good client
 # hypercorn keeps a connection that its client closed while idle (its fd and tasks) until
 # the keep-alive timeout; short here, so that the run can see it go.
 KEEP_ALIVE_TIMEOUT = 3.0
@@ -120,7 +121,9 @@ class Load:
                 for _ in range(25):
                     if not self.running():
                         break
-                    child = aid(f"c{next(self._names)}")
+                    # A bounded set of children (Enqueue again is ALREADY_EXISTS), so
+                    # that the store stops growing and RSS measures the server itself.
+                    child = aid(f"c{worker}-{next(self._names) % GOOD_CHILDREN}")
                     sids = [
                         client.call(
                             SVC + "Enqueue", task_req(child, parent=root).SerializeToString()
