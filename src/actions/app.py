@@ -44,7 +44,7 @@ from typing import Final
 import trio
 from google.protobuf.descriptor import ServiceDescriptor
 from hypercorn.config import Sockets
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from actions import preflight
 from actions.config import Config
@@ -198,6 +198,22 @@ STORE_OPENERS: Final[dict[str, OpenStore]] = {
 }
 
 
+def trio_task_count() -> int:
+    """Trio tasks alive in this process; 0 outside a trio run."""
+    try:
+        root = trio.lowlevel.current_root_task()
+    except RuntimeError:
+        return 0
+    count = 0
+    stack = [root] if root is not None else []
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
 # --------------------------------------------------------------------------- the app
 
 
@@ -245,6 +261,13 @@ class ActionsApplication:
         )
         self.app = self._connect_app()
         self.app.shutdown.on_begin(self._on_shutdown)
+        # What a client can make the server hold: calls in flight, and the tasks behind them.
+        app = self.app
+        Gauge("actions_open_calls", "RPCs accepted and not yet over.", registry=self.registry
+              ).set_function(lambda: app.open_calls)  # fmt: skip
+        Gauge("actions_trio_tasks", "Trio tasks alive.", registry=self.registry).set_function(
+            trio_task_count
+        )
 
     def _connect_app(self) -> ConnectApp:
         config = self.config
@@ -273,11 +296,14 @@ class ActionsApplication:
             interceptors=interceptors,
             observers=observers,
             request_id_header=REQUEST_ID_HEADER,
+            max_streams=config.max_server_streams,
             max_streams_per_method=(
                 {WATCH_PATH: config.max_watch_subscriptions}
                 if config.max_watch_subscriptions is not None
                 else None
             ),
+            max_streams_per_connection=config.max_server_streams_per_connection,
+            write_timeout=config.write_timeout,
         )
 
     # -- shutdown
@@ -410,6 +436,7 @@ def hypercorn_config(config: Config) -> RpcConfig:
         require_client_cert=config.tls_require_client_cert,
         tls_reload_interval=config.tls_reload_interval,
         graceful_timeout=config.graceful_timeout,
+        keep_alive_timeout=config.keep_alive_timeout,
         h2_max_concurrent_streams=config.max_streams_per_connection,
     )
 

@@ -22,10 +22,13 @@ YAML shape (every key optional)::
         host: 127.0.0.1
         port: 8091
         gracefulTimeout: 10
+        writeTimeout: 30
+        keepAliveTimeout: 75
         tls: {certFile: null, keyFile: null, clientCaFile: null,
               requireClientCert: false, reloadInterval: 5}
         auth: {tokenFile: null}
       limits: {maxStreamsPerConnection: 1000, maxWatchSubscriptions: 10000,
+               maxServerStreams: 11000, maxServerStreamsPerConnection: 500,
                maxMessageSize: 4194304}
       log: {format: plain, level: INFO, accessLog: true}
 """
@@ -82,6 +85,8 @@ class Config:
     host: str = "127.0.0.1"  # actions.server.host
     port: int = 8091  # actions.server.port
     graceful_timeout: float = 10.0
+    write_timeout: float = 30.0  # actions.server.writeTimeout
+    keep_alive_timeout: float = 75.0  # actions.server.keepAliveTimeout
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     tls_client_ca_file: Path | None = None
@@ -91,6 +96,8 @@ class Config:
     # Limits.
     max_streams_per_connection: int = 1000
     max_watch_subscriptions: int | None = 10_000
+    max_server_streams: int | None = 11_000  # watches, health watches, reflection
+    max_server_streams_per_connection: int | None = 500
     max_message_size: int = 4 * 1024 * 1024
     # Logs.
     log_format: LogFormat = "plain"
@@ -302,6 +309,11 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("actions.server.gracefulTimeout", "graceful_timeout", _Float(),
         "seconds in-flight calls get to finish on shutdown", valid=_at_least(0),
         flag="--graceful-timeout"),
+    Key("actions.server.writeTimeout", "write_timeout", _Float(),
+        "seconds a response write may wait for a client that reads nothing; then the call "
+        "is abandoned", valid=_positive),
+    Key("actions.server.keepAliveTimeout", "keep_alive_timeout", _Float(),
+        "seconds an idle connection (no calls) is kept open", valid=_positive),
     Key("actions.server.tls.certFile", "tls_cert_file", _Path(), "server certificate chain (PEM)",
         True, flag="--tls-cert", is_file=True),
     Key("actions.server.tls.keyFile", "tls_key_file", _Path(), "server private key (PEM)", True,
@@ -320,6 +332,12 @@ KEYS: Final[tuple[Key, ...]] = (
     Key("actions.limits.maxWatchSubscriptions", "max_watch_subscriptions", _Int(),
         "open WatchForUpdates streams in total (null: no limit)", True, valid=_at_least(1),
         flag="--max-watch-subscriptions"),
+    Key("actions.limits.maxServerStreams", "max_server_streams", _Int(),
+        "open server streams of every kind in total (null: no limit)", True,
+        valid=_at_least(1)),
+    Key("actions.limits.maxServerStreamsPerConnection", "max_server_streams_per_connection",
+        _Int(), "open server streams of every kind per client connection (null: no limit)",
+        True, valid=_at_least(1)),
     Key("actions.limits.maxMessageSize", "max_message_size", _Int(),
         "largest request or response message, bytes", valid=_at_least(1024)),
     Key("actions.log.format", "log_format", _Str(LOG_FORMATS), "plain or json",

@@ -136,6 +136,73 @@ async def test_enqueue_invalid_request_names_the_field(env: Env, mutate: Any, fi
     assert field in err.message
 
 
+def with_notification_rule(req: pb.EnqueueRequest, *phases: int) -> pb.EnqueueRequest:
+    rule = req.run_spec.notification_rules.rules.add(delivery_config_name="email")
+    rule.on_phases.extend(phases)
+    return req
+
+
+async def test_enqueue_notification_rules_are_checked_never_internal(env: Env) -> None:
+    # protovalidate cannot evaluate the IDL's paused_rule_exclusive rule (an enum constant
+    # in CEL): with two or more phases it used to fail the call with INTERNAL.
+    ok = with_notification_rule(
+        task_req(aid("a0")), P.ACTION_PHASE_SUCCEEDED, P.ACTION_PHASE_FAILED
+    )
+    await env.client.enqueue(ok)
+    field = "run_spec.notification_rules.rules[0].on_phases"
+    for n, phases in enumerate(
+        [
+            (P.ACTION_PHASE_PAUSED, P.ACTION_PHASE_FAILED),
+            (P.ACTION_PHASE_FAILED, P.ACTION_PHASE_FAILED),
+            (),
+        ]
+    ):
+        bad = with_notification_rule(task_req(aid(f"b{n}")), *phases)
+        err = await expect_code(Code.INVALID_ARGUMENT, env.client.enqueue(bad))
+        assert field in err.message
+    paused = with_notification_rule(task_req(aid("a1")), P.ACTION_PHASE_PAUSED)
+    await env.client.enqueue(paused)
+
+
+async def test_enqueue_trace_time_out_of_range_is_invalid_and_stores_nothing(env: Env) -> None:
+    await env.client.enqueue(task_req(aid("a0")))
+    for field in ("start_time", "end_time"):
+        bad = trace_req(aid("t1"), "a0", **{field: {"seconds": 253_402_300_800}})
+        err = await expect_code(Code.INVALID_ARGUMENT, env.client.enqueue(bad))
+        assert f"action.trace.{field}" in err.message
+    assert await env.store.latest(naming.object_name(aid("t1"))) is None
+    await env.client.enqueue(trace_req(aid("t1"), "a0"))  # not "already exists"
+
+
+async def test_identifiers_with_control_characters_are_invalid_on_every_rpc(env: Env) -> None:
+    await env.client.enqueue(task_req(aid("a0")))
+    calls = [
+        (env.client.enqueue(task_req(aid("a\n"))), "action.action_id.name"),
+        (env.client.enqueue(task_req(aid("a1", run="r\n"))), "action.action_id.run.name"),
+        (env.client.enqueue(task_req(aid("a1", org="o\n"))), "action.action_id.run.org"),
+        (env.client.enqueue(task_req(aid("c1"), parent="a0\n")), "action.parent_action_name"),
+        (env.client.update(update_req(aid("a0\n"), P.ACTION_PHASE_RUNNING)), "action_id.name"),
+        (env.client.abort(pb.AbortRequest(action_id=aid("a0", project="p\n"))), "run.project"),
+        (
+            env.client.signal(
+                pb.SignalRequest(
+                    action_id=aid("c1"), parent_action_name="a0\r", value=bool_literal(True)
+                )
+            ),
+            "parent_action_name",
+        ),
+    ]
+    for call, field in calls:
+        err = await expect_code(Code.INVALID_ARGUMENT, call)
+        assert field in err.message
+    async with env.client.watch(watch_req(aid("a0", domain="d\n"))) as stream:
+        with trio.fail_after(5):
+            err = await expect_code(Code.INVALID_ARGUMENT, stream.next())
+    assert "parent_action_id.run.domain" in err.message
+    children, _ = await env.store.list({})
+    assert [c["spec"]["actionName"] for c in children] == ["a0"]
+
+
 async def test_enqueue_task_is_queued_before_enqueue_returns(env: Env) -> None:
     root, child = await root_and_child(env)
     snap = await snapshot_of(env, root)

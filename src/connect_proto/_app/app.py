@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any
 
+import trio
 from google.protobuf.descriptor import ServiceDescriptor
 
 from connect_proto._app.limits import STREAMING_KINDS, StreamLimiter
 from connect_proto._app.request_id import request_id_from
-from connect_proto._app.runner import CallRunner, RequestBody
+from connect_proto._app.runner import (
+    DISCONNECT_GRACE,
+    WRITE_TIMEOUT,
+    CallRunner,
+    RequestBody,
+)
 from connect_proto._app.shutdown import ShutdownSignal, shutting_down_error
 from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError
@@ -27,6 +34,10 @@ from connect_proto._wire.dispatch import Accepted, Dispatcher, Reject, build_bin
 from connect_proto._wire.protocol import CallConfig
 
 log = logging.getLogger("connect_proto")
+
+# How long a final write may wait before its disconnect watcher starts (and so, about,
+# how long after its client left an abandoned write is noticed).
+PENDING_WRITE_GRACE = 0.5
 
 
 class ConnectApp:
@@ -44,8 +55,14 @@ class ConnectApp:
       (``connect_proto._extras.metrics.RpcMetrics``, ``connect_proto._extras.logs.AccessLog``).
     - ``request_id_header`` (e.g. ``"x-request-id"``): take the caller's id from that
       header when valid, else generate one; set ``ctx.request_id`` and echo it.
-    - ``max_streams`` / ``max_streams_per_method``: bound the server streams open at
-      once (server and bidi streaming); past it, RESOURCE_EXHAUSTED.
+    - ``max_streams`` / ``max_streams_per_method`` / ``max_streams_per_connection``:
+      bound the server streams (server and bidi streaming) open at once, in all, per
+      method, per client connection; past a bound, RESOURCE_EXHAUSTED. A slot is taken
+      only after the interceptors accepted the call.
+    - ``write_timeout``: a response write the server has not taken within this many
+      seconds (the client stopped reading) is abandoned with its call; a client's
+      disconnect abandons it at once. Plain ``http_routes`` and early rejections (404,
+      415, ...) get the same bound.
 
     ``begin_shutdown()`` ends open streams with UNAVAILABLE and refuses new calls with
     UNAVAILABLE; ``connect_proto._server.serve.serve`` calls it when it is stopped.
@@ -67,6 +84,8 @@ class ConnectApp:
         request_id_header: str | None = None,
         max_streams: int | None = None,
         max_streams_per_method: Mapping[str, int] | None = None,
+        max_streams_per_connection: int | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         self.dispatcher = Dispatcher(route_table(services), build_bindings(CODECS))
         routes = self.dispatcher.routes
@@ -74,8 +93,17 @@ class ConnectApp:
         self._observers = tuple(observers)
         check_hooks(self._interceptors, self._observers)
         self._limiter: StreamLimiter | None = None
-        if max_streams is not None or max_streams_per_method:
-            self._limiter = StreamLimiter(max_streams, max_streams_per_method)
+        if max_streams is not None or max_streams_per_method or max_streams_per_connection:
+            self._limiter = StreamLimiter(
+                max_streams, max_streams_per_method, max_streams_per_connection
+            )
+        if write_timeout <= 0:
+            raise ValueError("write_timeout must be > 0")
+        self.write_timeout = write_timeout
+        self.open_calls = 0  # RPCs accepted and not yet over
+        # Final writes that are waiting, and since when; swept by a task that runs with
+        # the ASGI lifespan (None without one: then every waiting write watches at once).
+        self._pending_writes: dict[CallRunner, float] | None = None
         bind_all((*self._interceptors, *self._observers, self._limiter), routes)
         self._request_id_header = None if request_id_header is None else request_id_header.lower()
         self.shutdown = ShutdownSignal()
@@ -108,7 +136,9 @@ class ConnectApp:
         if kind == "http":
             route_app = self._http_routes.get(scope["path"])
             if route_app is not None:
-                await route_app(scope, receive, send)
+                # Plain probes and scrapes: a client that stops reading costs at most this.
+                with trio.move_on_after(self.write_timeout):
+                    await route_app(scope, receive, send)
                 return
             await self._http(scope, receive, send)
         elif kind == "lifespan":
@@ -145,13 +175,13 @@ class ConnectApp:
         if self._request_id_header is not None:
             ctx.request_id = request_id_from(headers.get(self._request_id_header))
             ctx.response_headers.add(self._request_id_header, ctx.request_id)
-        refusal: RpcError | None = None
-        limited = False
-        if self.shutdown.draining:
-            refusal = shutting_down_error()
-        elif self._limiter is not None and route.kind in STREAMING_KINDS:
-            refusal = self._limiter.acquire(route.path)
-            limited = refusal is None
+        refusal = shutting_down_error() if self.shutdown.draining else None
+        limiter = self._limiter
+        connection: Hashable = None
+        admit: Callable[[], RpcError | None] | None = None
+        if limiter is not None and route.kind in STREAMING_KINDS:
+            connection = tuple(client) if client else None
+            admit = partial(limiter.acquire, route.path, connection)
         runner = CallRunner(
             decision.call_type(request, self.config),
             route,
@@ -160,19 +190,27 @@ class ConnectApp:
             send,
             interceptors=self._interceptors,
             refusal=refusal,
+            admit=admit,
             shutdown=self.shutdown,
+            write_timeout=self.write_timeout,
+            pending_writes=self._pending_writes,
         )
-        if not self._observers and not limited:
-            await runner.run()  # the common, unobserved path: nothing else to do
+        self.open_calls += 1
+        if not self._observers and admit is None:
+            try:
+                await runner.run()  # the common, unobserved path: nothing else to do
+            finally:
+                self.open_calls -= 1
             return
         started = time.perf_counter()
         self._notify_started(route, ctx)
         try:
             await runner.run()
         finally:
-            if limited:
-                assert self._limiter is not None
-                self._limiter.release(route.path)
+            self.open_calls -= 1
+            if runner.admitted:
+                assert limiter is not None
+                limiter.release(route.path, connection)
             if self._observers:
                 if runner.completed:
                     code = None if runner.error is None else runner.error.code
@@ -210,14 +248,58 @@ class ConnectApp:
         send: AsgiSend,
     ) -> None:
         raw = [*reject.headers, (b"content-length", str(len(reject.body)).encode())]
+        body = RequestBody(receive)
         if http_version.startswith("1") and not reject.close:
             # Keep-alive needs the unread body consumed; give up (and close) past a bound.
-            if not await RequestBody(receive).drain(headers.get("content-length")):
+            if not await body.drain(headers.get("content-length")):
                 raw.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": reject.status, "headers": raw})
-        await send({"type": "http.response.body", "body": reject.body, "more_body": False})
+        # Bounded; over HTTP/2 also abandoned when the client leaves (the watcher keeps
+        # reading an unread body too, as the runner's final write does).
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(self.write_timeout) as write_scope:
+
+                async def abandon_on_disconnect() -> None:
+                    try:
+                        await body.wait_disconnect()
+                    except Exception:
+                        pass
+                    await trio.sleep(DISCONNECT_GRACE)  # see CallRunner._watch_disconnect
+                    write_scope.cancel()
+
+                if not body.disconnected:
+                    if not http_version.startswith("1"):
+                        nursery.start_soon(abandon_on_disconnect)
+                    await send(
+                        {"type": "http.response.start", "status": reject.status, "headers": raw}
+                    )
+                    await send(
+                        {"type": "http.response.body", "body": reject.body, "more_body": False}
+                    )
+            nursery.cancel_scope.cancel()
 
     async def _run_lifespan(self, receive: AsgiReceive, send: AsgiSend) -> None:
+        async with trio.open_nursery() as nursery:
+            pending: dict[CallRunner, float] = {}
+            self._pending_writes = pending
+            nursery.start_soon(self._sweep_pending_writes, pending)
+            try:
+                await self._lifespan_protocol(receive, send)
+            finally:
+                self._pending_writes = None
+                nursery.cancel_scope.cancel()
+
+    async def _sweep_pending_writes(self, pending: dict[CallRunner, float]) -> None:
+        """Start the disconnect watcher of every final write waiting longer than
+        ``PENDING_WRITE_GRACE`` (see ``CallRunner._emit_final``)."""
+        while True:
+            await trio.sleep(PENDING_WRITE_GRACE)
+            late = trio.current_time() - PENDING_WRITE_GRACE
+            for runner, since in list(pending.items()):
+                if since <= late:
+                    del pending[runner]
+                    runner.watch_now()
+
+    async def _lifespan_protocol(self, receive: AsgiReceive, send: AsgiSend) -> None:
         message = await receive()
         if message["type"] != "lifespan.startup":
             return

@@ -3,6 +3,13 @@
 Everything protocol-specific lives in the ``ServerCall``; this module only moves bytes
 between ASGI and the call, enforces the deadline with a cancel scope, and cancels the
 handler when the client goes away.
+
+Every write has an end. A client may stop reading (an HTTP/2 flow-control window of 0)
+or leave without the server's writer noticing: hypercorn's ``send`` then waits for its
+stream buffer to drain, which never happens once the connection's writer has stopped.
+So each write is abandoned when the client disconnects (``http.disconnect``, watched
+while the write waits) or when it has not completed within ``write_timeout``; the call
+then ends without another byte, its slot and task freed.
 """
 
 from __future__ import annotations
@@ -32,9 +39,21 @@ log = logging.getLogger("connect_proto")
 DRAIN_MAX_BYTES = 1024 * 1024
 DRAIN_MAX_SECONDS = 1.0
 
+# A response write (one stream message, or the final status) that has not been taken
+# by the server within this many seconds is abandoned along with its call: the client
+# is not reading. Generous next to any live network; what a stalled client can hold.
+WRITE_TIMEOUT = 30.0
+# How long a write may still take after the client's disconnect was seen.
+DISCONNECT_GRACE = 0.5
+
 
 class ClientDisconnected(Exception):
     """The client went away (ASGI ``http.disconnect``)."""
+
+
+class WriteStalled(Exception):
+    """A response write did not complete within the write timeout: the client is not
+    reading. Raised out of a streaming handler's ``send``; the call ends unanswered."""
 
 
 class RequestBody:
@@ -58,6 +77,7 @@ class RequestBody:
         return message.get("body", b"")
 
     async def wait_disconnect(self) -> None:
+        """Discard body chunks until the client disconnects."""
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
@@ -114,6 +134,10 @@ def await_watching(awaitable: Awaitable[Any], watch: Callable[[], None]) -> Any:
             value, error = None, exc
 
 
+def _ignore() -> None:
+    pass
+
+
 def first_rpc_error(exc: BaseException) -> RpcError | None:
     """The RpcError inside ``exc`` (handlers may raise it out of a nursery), if any."""
     if isinstance(exc, RpcError):
@@ -126,7 +150,7 @@ def first_rpc_error(exc: BaseException) -> RpcError | None:
     return None
 
 
-def _only(exc: BaseException, kind: type[BaseException]) -> bool:
+def _only(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only(inner, kind) for inner in exc.exceptions)
     return isinstance(exc, kind)
@@ -179,10 +203,13 @@ class CallRunner:
     """Runs one accepted call to completion.
 
     ``interceptors`` run first, inside the deadline; then ``refusal`` (decided by the app
-    before the call started, e.g. a stream limit or shutdown) ends the call if set.
+    before the call started, e.g. shutdown) ends the call if set; then ``admit`` (e.g. a
+    stream limit) may refuse it or take a slot, so that a call the interceptors refuse
+    never holds a limited resource. ``admitted`` tells the app to give the slot back.
     Stream handlers run in a scope from ``shutdown``, so a server shutdown ends them with
-    UNAVAILABLE. Afterwards ``error``, ``completed`` and the message counts tell
-    observers how the call ended.
+    UNAVAILABLE. Every write is bounded by ``write_timeout`` and abandoned at a
+    disconnect (see the module docstring). Afterwards ``error``, ``completed``,
+    ``abandoned`` and the message counts tell observers how the call ended.
     """
 
     def __init__(
@@ -195,7 +222,10 @@ class CallRunner:
         *,
         interceptors: tuple[Interceptor, ...] = (),
         refusal: RpcError | None = None,
+        admit: Callable[[], RpcError | None] | None = None,
         shutdown: ShutdownSignal | None = None,
+        write_timeout: float = WRITE_TIMEOUT,
+        pending_writes: dict[CallRunner, float] | None = None,
     ) -> None:
         self.call = call
         self.route = route
@@ -206,23 +236,53 @@ class CallRunner:
         self._http1 = call.request.http_version.startswith("1")
         self._interceptors = interceptors
         self._refusal = refusal
+        self._admit = admit
         self._shutdown = shutdown
+        self._write_timeout = write_timeout
+        self._pending_writes = pending_writes  # final writes waiting, and since when
+        self._watcher: trio.Nursery | None = None  # where the disconnect watcher runs
+        self._watching = False
+        self._handler_scope: trio.CancelScope | None = None
+        self._write_scope: trio.CancelScope | None = None  # the final write, while it waits
+        self._sending = False  # inside the server's send
+        self._deferred: list[trio.CancelScope] = []  # to cancel once the send returns
+        self.admitted = False  # ``admit`` took a slot for this call
         self.error: RpcError | None = None  # the status the call ended with (None = OK)
         self.completed = False  # the final status was handed to the server
+        self.abandoned = False  # a write stalled past the timeout; nothing more was sent
         self.messages_received = 0
         self.messages_sent = 0
 
     async def emit(self, events: list[AsgiEvent]) -> None:
-        for event in events:
-            if event["type"] == "http.response.start":
-                if self._close:
-                    event["headers"] = [*event["headers"], (b"connection", b"close")]
-                await self._send(event)
-                self.call.head_sent = True
-            else:
-                await self._send(event)
+        self._sending = True
+        try:
+            for event in events:
+                if event["type"] == "http.response.start":
+                    if self._close:
+                        event["headers"] = [*event["headers"], (b"connection", b"close")]
+                    await self._send(event)
+                    self.call.head_sent = True
+                else:
+                    await self._send(event)
+        finally:
+            self._sending = False
+            self._cancel_deferred()
+
+    def _cancel_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, []
+        for scope in deferred:
+            scope.cancel()
 
     async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._watcher = nursery
+            try:
+                await self._run()
+            finally:
+                self._watcher = None
+                nursery.cancel_scope.cancel()  # the disconnect watcher, if started
+
+    async def _run(self) -> None:
         call = self.call
         error: RpcError | None = None
         final: list[AsgiEvent] | None = None
@@ -233,34 +293,37 @@ class CallRunner:
             return
         if timeout is not None:
             self.ctx.deadline = trio.current_time() + timeout
-        scope = trio.CancelScope(deadline=self.ctx.deadline)
-        async with trio.open_nursery() as nursery:
-
-            def watch() -> None:
-                nursery.start_soon(self._watch_disconnect, scope)
-
-            with scope:
-                try:
-                    final = await self._invoke(watch)
-                except ClientDisconnected:
-                    pass
-                except trio.Cancelled:
+        scope = self._handler_scope = trio.CancelScope(deadline=self.ctx.deadline)
+        with scope:
+            try:
+                final = await self._invoke(self._watch)
+            except ClientDisconnected:
+                self.body.disconnected = True
+            except WriteStalled:
+                self._abandon()
+            except trio.Cancelled:
+                raise
+            except BaseException as exc:
+                if _only(exc, trio.Cancelled):
                     raise
-                except BaseException as exc:
-                    if _only(exc, trio.Cancelled):
-                        raise
-                    if _only(exc, ClientDisconnected):
-                        self.body.disconnected = True
-                    else:
-                        error = first_rpc_error(exc)
-                        if error is None:
-                            if not isinstance(exc, Exception | BaseExceptionGroup):
-                                raise
-                            log.exception("handler for %s failed", self.route.path)
-                            error = RpcError(Code.INTERNAL, "internal error")
-            nursery.cancel_scope.cancel()
-        if self.body.disconnected:
-            return  # the client is gone: write nothing more
+                if _only(exc, ClientDisconnected):
+                    self.body.disconnected = True
+                elif _only(exc, (WriteStalled, ClientDisconnected)):
+                    self._abandon()
+                else:
+                    error = first_rpc_error(exc)
+                    if error is None:
+                        if not isinstance(exc, Exception | BaseExceptionGroup):
+                            raise
+                        log.exception("handler for %s failed", self.route.path)
+                        error = RpcError(Code.INTERNAL, "internal error")
+        self._handler_scope = None
+        # One turn for the connection's other tasks between the handler and its answer,
+        # as when the handler ran in a nursery of its own: the server reads the rest of
+        # the client's frames (a PING sent with the request) before the answer goes out.
+        await trio.lowlevel.checkpoint()
+        if self.body.disconnected or self.abandoned:
+            return  # the client is gone or not reading: write nothing more
         if scope.cancelled_caught and error is None and final is None:
             error = RpcError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
         if error is not None:
@@ -270,6 +333,39 @@ class CallRunner:
             self.messages_sent = 1
         else:
             await self._emit_final(call.end_events(None, self.ctx))
+
+    def _abandon(self) -> None:
+        self.abandoned = True
+        # DEBUG: under abuse this is one line per call, and the access log has the call.
+        log.debug(
+            "abandoned %s: the client read nothing for %.0f s", self.route.path, self._write_timeout
+        )
+
+    def _watch(self) -> None:
+        """Start watching for the client's disconnect (once; from the first wait on)."""
+        if self._watching or self._watcher is None:
+            return
+        self._watching = True
+        self._watcher.start_soon(self._watch_disconnect)
+
+    async def _watch_disconnect(self) -> None:
+        try:
+            await self.body.wait_disconnect()
+        except Exception:  # the server's receive failing: treat as gone
+            self.body.disconnected = True
+        scopes = [s for s in (self._handler_scope, self._write_scope) if s is not None]
+        if not self._sending:
+            for scope in scopes:
+                scope.cancel()
+            return
+        # The call is inside hypercorn's send, which may be the very code that told us:
+        # a connection found closed during a write is cleaned up (every stream told of
+        # the disconnect) in the writing task. Cancelling there would cut that short and
+        # leave other calls never told, so the cancel waits for the send to return; a
+        # send still waiting after the grace is parked on a connection that is gone.
+        self._deferred += scopes
+        await trio.sleep(DISCONNECT_GRACE)
+        self._cancel_deferred()
 
     async def _finish_early(self, error: RpcError) -> None:
         """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
@@ -283,24 +379,48 @@ class CallRunner:
         await self._emit_final(self.call.end_events(error, self.ctx))
 
     async def _emit_final(self, events: list[AsgiEvent]) -> None:
-        if self.body.complete or self.body.disconnected or self._http1:
-            await self._emit_final_events(events)
-            return
-        # HTTP/2, answered before the request body ended (a refusal, or a handler that
-        # stopped reading). hypercorn queues request events for us in a small bounded
-        # channel and, inside our final send, puts http.disconnect into it; with the
-        # channel full of unread body that put blocks our own send forever (and the
-        # connection's reader with it). Draining concurrently keeps room in it.
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._drain_quietly)
-            await self._emit_final_events(events)
-            nursery.cancel_scope.cancel()
+        """Write the final events; bounded by the write timeout, and abandoned when the
+        client disconnects while the write waits.
 
-    async def _drain_quietly(self) -> None:
-        try:
-            await self.body.wait_disconnect()
-        except Exception:  # the server's receive failing just ends the drain
-            pass
+        Watching costs a task, about as much as a small call itself, and nearly every
+        write completes in a moment, so the watcher starts late: a write that waits is
+        entered in ``pending_writes`` (the app's sweeper starts the watcher of any still
+        waiting a little later); without a sweeper it starts at the first wait. Answered
+        before the request body ended, an HTTP/2 call watches at once: the watcher also
+        keeps reading the body, whose unread chunks would otherwise fill the small
+        channel hypercorn queues them in, and its put of ``http.disconnect`` (made
+        inside our final send) would block our own send and the connection's reader.
+        """
+        if self.body.disconnected:
+            return
+        watch: Callable[[], None]
+        if self._http1:
+            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
+            # deadline bounds them) and reports a disconnect only once they are written.
+            watch = _ignore
+        elif self._pending_writes is None or not self.body.complete:
+            watch = self._watch
+        else:
+            watch = self._enter_pending
+        with trio.move_on_after(self._write_timeout) as write_scope:
+            self._write_scope = write_scope
+            try:
+                await await_watching(self._emit_final_events(events), watch)
+            finally:
+                self._write_scope = None
+                if self._pending_writes is not None:
+                    self._pending_writes.pop(self, None)
+        if write_scope.cancelled_caught and not self.body.disconnected:
+            self._abandon()
+
+    def _enter_pending(self) -> None:
+        if not self._watching and self._pending_writes is not None:
+            self._pending_writes[self] = trio.current_time()
+
+    def watch_now(self) -> None:
+        """Start watching for the client's disconnect (the app's sweeper calls this for
+        a final write that has been waiting)."""
+        self._watch()
 
     async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
         try:
@@ -309,10 +429,6 @@ class CallRunner:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # connection lost while finishing: nothing left to tell the client
 
-    async def _watch_disconnect(self, scope: trio.CancelScope) -> None:
-        await self.body.wait_disconnect()
-        scope.cancel()
-
     async def _invoke(self, watch: Callable[[], None]) -> list[AsgiEvent] | None:
         """Run the handler; return the final events of a unary response, else None."""
         route, call, ctx = self.route, self.call, self.ctx
@@ -320,6 +436,11 @@ class CallRunner:
             await interceptor.intercept(route, ctx)
         if self._refusal is not None:
             raise self._refusal
+        if self._admit is not None:
+            refused = self._admit()
+            if refused is not None:
+                raise refused
+            self.admitted = True
         kind = route.kind
         if kind is MethodKind.UNARY or kind is MethodKind.SERVER_STREAMING:
             request = await read_single(call, self.body)
@@ -370,8 +491,18 @@ class CallRunner:
                 f"{self.route.path} streams {self.route.output_type.__name__}, "
                 f"not {type(message).__name__}"
             )
-        await self.emit(self.call.message_events(message, self.ctx))
+        with trio.move_on_after(self._write_timeout) as write_scope:
+            await self.emit(self.call.message_events(message, self.ctx))
+        if write_scope.cancelled_caught:
+            raise WriteStalled(self.route.path)
         self.messages_sent += 1
 
 
-__all__ = ["CallRunner", "ClientDisconnected", "RequestBody", "first_rpc_error"]
+__all__ = [
+    "WRITE_TIMEOUT",
+    "CallRunner",
+    "ClientDisconnected",
+    "RequestBody",
+    "WriteStalled",
+    "first_rpc_error",
+]

@@ -45,6 +45,10 @@ SERVICE_UNKNOWN: Final = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 # List answers at most this many services (gRPC proposal A90). List is only in recent
 # grpcio-health-checking releases of health.proto; with an older one it is not routed.
 MAX_LIST_SERVICES: Final = 100
+# Watch streams open at once; past it, Watch answers RESOURCE_EXHAUSTED. Health is open
+# without a token, so this bounds what unauthenticated watchers can hold (each holds a
+# task and its buffers for as long as it stays open).
+MAX_WATCHERS: Final = 1000
 
 
 class HealthStatus:
@@ -111,10 +115,15 @@ class HealthStatus:
 
 
 class HealthService:
-    """``grpc.health.v1.Health`` over a ``HealthStatus``."""
+    """``grpc.health.v1.Health`` over a ``HealthStatus``; at most ``max_watchers`` Watch
+    streams at once (None: unbounded)."""
 
-    def __init__(self, status: HealthStatus) -> None:
+    def __init__(self, status: HealthStatus, *, max_watchers: int | None = MAX_WATCHERS) -> None:
+        if max_watchers is not None and max_watchers < 0:
+            raise ValueError("max_watchers must be >= 0")
         self.status = status
+        self.max_watchers = max_watchers
+        self.watchers = 0  # Watch streams open now
 
     async def check(
         self, request: health_pb2.HealthCheckRequest, ctx: RequestContext
@@ -144,6 +153,22 @@ class HealthService:
         # Runs until the client leaves (the protocol layer cancels us on disconnect) or
         # the server shuts down: then the client gets NOT_SERVING and the stream ends with
         # UNAVAILABLE, so that open watches do not hold up hypercorn's graceful shutdown.
+        if self.max_watchers is not None and self.watchers >= self.max_watchers:
+            raise RpcError(
+                Code.RESOURCE_EXHAUSTED,
+                f"too many health watches: the server allows {self.max_watchers}; retry later",
+            )
+        self.watchers += 1
+        try:
+            await self._watch(request, send)
+        finally:
+            self.watchers -= 1
+
+    async def _watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        send: SendMessage[health_pb2.HealthCheckResponse],
+    ) -> None:
         last: int | None = None
         while True:
             # Taken before reading, so a change made while we send is not lost.
