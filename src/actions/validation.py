@@ -197,5 +197,7 @@ def _with_one_phase_per_rule(message: Message) -> Message:
     for rule in rules:
         if len(rule.on_phases) != 1:
             del rule.on_phases[:]
-            rule.on_phases.append(_ALLOWED_PHASES[0] if _ALLOWED_PHASES else 0)
+            rule.on_phases.append(
+                cast("phase_pb2.ActionPhase", _ALLOWED_PHASES[0] if _ALLOWED_PHASES else 0)
+            )
     return copy

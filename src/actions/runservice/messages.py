@@ -20,10 +20,11 @@ import binascii
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 from flyteidl2.common.identifier_pb2 import ActionIdentifier
 from flyteidl2.common.identity_pb2 import EnrichedIdentity
+from flyteidl2.common.phase_pb2 import ActionPhase
 from flyteidl2.core.catalog_pb2 import CatalogCacheStatus
 from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.tasks_pb2 import TaskTemplate
@@ -201,9 +202,9 @@ def status_request(obj: KubeObject, key: StatusKey) -> UpdateActionStatusRequest
     request = UpdateActionStatusRequest(
         action_id=action_id_of(obj),
         status=ActionStatus(
-            phase=key.phase,
+            phase=cast("ActionPhase", key.phase),
             attempts=key.attempts,
-            cache_status=key.cache_status,
+            cache_status=cast("CatalogCacheStatus", key.cache_status),
         ),
     )
     start = _timestamp(meta.get("creationTimestamp"))

@@ -19,7 +19,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 from kubernetes import client, watch
@@ -254,14 +254,17 @@ class Informer:
     def _list(self, **kwargs: Any) -> KubeObject:
         """One list request for the namespace's taskactions, after the rate limiter."""
         self._throttle()
-        return call(
-            self._api.list_namespaced_custom_object,
-            _meta.GROUP,
-            _meta.VERSION,
-            self._namespace,
-            _meta.PLURAL,
-            _request_timeout=self._settings.timeouts,
-            **kwargs,
+        return cast(
+            KubeObject,
+            call(
+                self._api.list_namespaced_custom_object,
+                _meta.GROUP,
+                _meta.VERSION,
+                self._namespace,
+                _meta.PLURAL,
+                _request_timeout=self._settings.timeouts,
+                **kwargs,
+            ),
         )
 
     def _probe(self) -> None:

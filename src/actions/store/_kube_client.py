@@ -133,9 +133,8 @@ class Backoff:
 def _status(exc: ApiException) -> tuple[dict[str, Any], str | None]:
     """The Status object of an error body, and the body's text when it is not JSON at all
     (the body is bytes before client v37, str after)."""
-    body = exc.body
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
+    raw: object = exc.body
+    body = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
     try:
         parsed = json.loads(body) if body else {}
     except ValueError:
@@ -216,7 +215,10 @@ def ensure_namespace(
             log.info("may not read namespace %s; assuming it exists", namespace)
             return
         if exc.status != 404:
-            raise translate(exc) from exc
+            translated = translate(exc)
+            if translated is None:
+                raise
+            raise translated from exc
     except Exception as exc:
         error = translate(exc)
         if error is None:
@@ -225,7 +227,10 @@ def ensure_namespace(
     if not create:
         raise StoreUnavailable(f"namespace {namespace!r} does not exist")
     try:
-        core.create_namespace({"metadata": {"name": namespace}}, _request_timeout=timeouts)
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)),
+            _request_timeout=timeouts,
+        )
         log.info("created namespace %s", namespace)
     except ApiException as exc:
         if exc.status != 409:  # someone else created it meanwhile: fine

@@ -144,7 +144,9 @@ class BearerAuth:
         self._bound = False
 
     @classmethod
-    def from_file(cls, path: str | Path, *, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS):
+    def from_file(
+        cls, path: str | Path, *, open_paths: Iterable[str] = DEFAULT_OPEN_PATHS
+    ) -> BearerAuth:
         return cls(load_token_file(path), open_paths=open_paths)
 
     def bind(self, routes: Mapping[str, RpcRoute]) -> None:

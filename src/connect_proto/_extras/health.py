@@ -139,7 +139,7 @@ class HealthService:
         statuses = self.status.snapshot()
         if len(statuses) > MAX_LIST_SERVICES:
             raise RpcError(Code.RESOURCE_EXHAUSTED, f"more than {MAX_LIST_SERVICES} services")
-        response = health_pb2.HealthListResponse()  # type: ignore[attr-defined]
+        response = health_pb2.HealthListResponse()
         for service, status in statuses.items():
             response.statuses[service].status = status  # type: ignore[assignment]
         return response
