@@ -8,10 +8,10 @@
 
 - One action's events always go to the same worker, which handles them one at a time, so
   its updates reach every stream in store order.
-- An event for an object that already waits in its worker is merged into that entry: the
-  worker reads the freshest state (``latest(name)``, or the DELETED event's object) when
-  it gets to it. A full worker channel blocks the dispatcher and so the store stream:
-  backpressure, nothing dropped.
+- An event for an object that already waits in its worker replaces that entry (the
+  newer state supersedes the older one), and the worker delivers the object its event
+  carries: nothing is read back from the store. A full worker channel blocks the
+  dispatcher and so the store stream: backpressure, nothing dropped.
 - Delivery to a stream never blocks a worker. Each subscription buffers at most
   ``subscriber_buffer`` actions (a newer update for an action already buffered replaces
   it); a stream that falls further behind is ended with UNAVAILABLE ("resync") and counted,
@@ -36,7 +36,7 @@ from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
 from actions import objects
 from actions.metrics import FanOutMetrics
 from actions.naming import fnv1a_32
-from actions.store.base import KubeObject, WatchEvent
+from actions.store.base import WatchEvent
 from connect_proto import Code, RpcError
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ class EventSource(Protocol):
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None: ...
-
-    async def latest(self, name: str) -> KubeObject | None: ...
 
 
 class Offered(enum.Enum):
@@ -316,18 +314,10 @@ class FanOut:
     async def _handle(self, event: WatchEvent, read_at: float = 0.0) -> None:
         obj = event.object
         key = objects.watch_key_of(obj)
-        if key is None or key not in self._subscribers:
-            return
-        deleted = event.type == "DELETED"
-        if not deleted:
-            latest = await self._source.latest(event.name)
-            if latest is None:
-                return  # deleted meanwhile: its DELETED event follows
-            if objects.resource_version(latest) >= objects.resource_version(obj):
-                obj = latest
-        subs = self._subscribers.get(key)
+        subs = None if key is None else self._subscribers.get(key)
         if not subs:
             return
+        deleted = event.type == "DELETED"
         response = objects.watch_response(obj, self.namespace, deleted=deleted)
         rv = objects.resource_version(obj)
         action = obj["spec"]["actionName"]

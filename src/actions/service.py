@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["ActionsService"]
 
-# Status writes re-read and retry on Conflict; the bound only stops a livelock.
-MAX_CONFLICT_RETRIES: Final = 32
 # Update and Signal retry a Conflict for this long rather than a number of times: with N
 # writers racing on one object each round has one winner, so the last needs N-1 retries.
 # Backoff is exponential with full jitter, so that a storm spreads out and drains.
@@ -166,52 +164,26 @@ class ActionsService:
                     if parent["metadata"].get("deletionTimestamp"):
                         # What create would say (the owner is terminating), said early.
                         raise OwnerTerminating(pname)
-                created = await store.create(objects.new_object(request, self.namespace, parent))
+                new = objects.new_object(request, self.namespace, parent)
+                # Created with its starting phase in one step (create drops status).
+                status = objects.initial_status(new, action, timefmt.now())
+                await store.create_with_status(new, status)
             except AlreadyExists:
                 raise RpcError(
                     Code.ALREADY_EXISTS, f"action {action.action_id.name!r} already exists"
                 ) from None
             except OwnerTerminating:
-                raise RpcError(
-                    Code.ABORTED, f"parent action {parent_name!r} is being deleted"
-                ) from None
+                why = (
+                    f"parent action {parent_name!r} is being deleted"
+                    if parent_name
+                    else "action was deleted while being enqueued"
+                )
+                raise RpcError(Code.ABORTED, why) from None
             except NotFound:  # the parent, read here or checked by create
                 raise RpcError(Code.NOT_FOUND, f"parent action {parent_name!r} not found") from None
-            try:
-                await self._write_initial_status(created, action)
-            except TooLarge:
-                # Stored, but with its status it no longer fits: take it back, so that the
-                # refusal leaves nothing behind for a retry to run into.
-                await self._remove_quietly(created["metadata"]["name"])
-                raise
+            except Conflict:
+                raise RpcError(Code.ABORTED, "too many concurrent writes; retry") from None
         return pb.EnqueueResponse()
-
-    async def _remove_quietly(self, name: str) -> None:
-        try:
-            await self.store.delete(name, "Background")
-        except NotFound:
-            pass
-        except StoreError:
-            log.warning("could not remove refused action %s", name, exc_info=True)
-
-    async def _write_initial_status(self, created: KubeObject, action: pb.Action) -> None:
-        """Set the starting phase before Enqueue returns (create drops status)."""
-        obj = created
-        name = obj["metadata"]["name"]
-        try:
-            for _ in range(MAX_CONFLICT_RETRIES):
-                if (obj.get("status") or {}).get("conditions"):
-                    return  # someone (an executor) already moved it on
-                status = objects.initial_status(obj, action, timefmt.now())
-                try:
-                    await self.store.update_status(_with_status(obj, status))
-                    return
-                except Conflict:
-                    obj = await self.store.get(name)
-        except NotFound:
-            # Created, then deleted at once: its parent was aborted meanwhile.
-            raise RpcError(Code.ABORTED, "action was deleted while being enqueued") from None
-        raise RpcError(Code.ABORTED, "too many concurrent writes; retry")
 
     # -- Update ------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ pure, they are re-run unchanged on a fresh read after a write conflict.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from flyteidl2.core.catalog_pb2 import CatalogCacheStatus
@@ -79,7 +78,9 @@ def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) ->
             Code.FAILED_PRECONDITION,
             f"action is already {phases.name(current)}; cannot move to {phases.name(requested)}",
         )
-    new = copy.deepcopy(stored)
+    # Every change below replaces a top-level key (set_phase builds new lists), so a
+    # shallow copy keeps ``stored`` intact for the no-op comparison at the end.
+    new = dict(stored)
     now = timefmt.now()
     target = current if requested == phases.UNSPECIFIED else requested
     if not stored.get("conditions") or target != current:
@@ -173,7 +174,7 @@ def apply_signal(
     current = objects.phase_of_object(obj)
     if phases.is_terminal(current):
         raise RpcError(Code.FAILED_PRECONDITION, f"condition is already {phases.name(current)}")
-    new = copy.deepcopy(stored)
+    new = dict(stored)  # top-level keys only change, as in apply_update
     now = timefmt.now()
     signal: dict[str, Any] = {
         "value": objects.b64(value.SerializeToString(deterministic=True)),

@@ -56,8 +56,7 @@ class Source:
         self.objects: dict[str, dict[str, Any]] = {}
         self.rv = 0
         self._send: trio.MemorySendChannel[WatchEvent] | None = None
-        self.gate: trio.Event | None = None  # when set, latest() waits for it
-        self.latest_calls = 0
+        self.latest_calls = 0  # the fan-out must never read back from the store
         self.fail = trio.Event()
         self.runs = 0
 
@@ -76,8 +75,6 @@ class Source:
 
     async def latest(self, name: str) -> dict[str, Any] | None:
         self.latest_calls += 1
-        if self.gate is not None:
-            await self.gate.wait()
         return self.objects.get(name)
 
     async def put(self, name: str, phase: int = P.ACTION_PHASE_RUNNING, **kw: Any) -> int:
@@ -95,6 +92,20 @@ class Source:
         o = {**o, "metadata": {**o["metadata"], "resourceVersion": str(self.rv)}}
         assert self._send is not None
         await self._send.send(WatchEvent("DELETED", o))
+
+
+def hold_workers(fanout: FanOut) -> trio.Event:
+    """Make every worker wait before handling its next event until the returned event is
+    set (as a slow worker would)."""
+    gate = trio.Event()
+    handle = fanout._handle
+
+    async def held(event: WatchEvent, read_at: float = 0.0) -> None:
+        await gate.wait()
+        await handle(event, read_at)
+
+    fanout._handle = held  # type: ignore[method-assign]
+    return gate
 
 
 @asynccontextmanager
@@ -144,7 +155,7 @@ async def test_updates_for_one_action_arrive_in_store_order() -> None:
 async def test_events_waiting_in_a_worker_are_merged_into_latest_state() -> None:
     async with running(workers=1) as (source, fanout):
         with fanout.subscribe(KEY) as sub:
-            source.gate = trio.Event()
+            gate = hold_workers(fanout)
             await source.put("x", P.ACTION_PHASE_QUEUED)  # the worker takes it and waits
             await trio.testing.wait_all_tasks_blocked()
             for phase in (P.ACTION_PHASE_INITIALIZING, P.ACTION_PHASE_RUNNING):
@@ -152,10 +163,10 @@ async def test_events_waiting_in_a_worker_are_merged_into_latest_state() -> None
             await source.put("x", P.ACTION_PHASE_SUCCEEDED)
             await trio.testing.wait_all_tasks_blocked()
             assert fanout.metrics.events_merged == 2
-            source.gate.set()
+            gate.set()
             got = await drain(sub, lambda out: out and out[-1].phase == P.ACTION_PHASE_SUCCEEDED)
-    # The first handled event already read the latest state; intermediate states never
-    # appear after a later one.
+    # The merged entry carries the newest event; intermediate states never appear after
+    # a later one.
     assert [u.phase for u in got][-1] == P.ACTION_PHASE_SUCCEEDED
     assert P.ACTION_PHASE_INITIALIZING not in [u.phase for u in got]
 
@@ -163,7 +174,7 @@ async def test_events_waiting_in_a_worker_are_merged_into_latest_state() -> None
 async def test_full_worker_channel_applies_backpressure_and_loses_nothing() -> None:
     async with running(workers=1, buffer_size=2) as (source, fanout):
         with fanout.subscribe(KEY) as sub:
-            source.gate = trio.Event()
+            gate = hold_workers(fanout)
             done = trio.Event()
 
             async def writer() -> None:
@@ -177,7 +188,7 @@ async def test_full_worker_channel_applies_backpressure_and_loses_nothing() -> N
                 assert not done.is_set()  # blocked: worker busy, its channel full
                 blocked_at = source.rv
                 assert blocked_at < 20
-                source.gate.set()
+                gate.set()
             got = await drain(sub, lambda out: len({u.action_id.name for u in out}) == 20)
     assert {u.action_id.name for u in got} == {f"c{i}" for i in range(20)}
 

@@ -351,7 +351,7 @@ async def test_watch_subscription_cap_is_resource_exhausted() -> None:
 
 
 async def test_request_id_is_echoed_and_logged(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="connect_proto.access")
+    caplog.set_level(logging.DEBUG, logger="connect_proto.access")  # ok calls: DEBUG
     async with (
         running() as (port, _),
         ConnectClient(f"http://127.0.0.1:{port}") as client,

@@ -189,12 +189,14 @@ async def test_create_under_terminating_owner(tmp_path: Path) -> None:
     # The store's own deletes are atomic, so a terminating owner is only visible when the
     # state says so (e.g. a future asynchronous GC); set it directly.
     store = await open_file_store(tmp_path)
+    owner = await store.create(action("owner"))
+    owner["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert store.path is not None
+    await store.aclose()
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE objects SET body = ? WHERE name = 'owner'", (json.dumps(owner),))
+    store = await open_file_store(tmp_path)  # the index is loaded from the objects
     try:
-        owner = await store.create(action("owner"))
-        owner["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-        assert store.path is not None
-        with sqlite3.connect(store.path) as conn:
-            conn.execute("UPDATE objects SET body = ? WHERE name = 'owner'", (json.dumps(owner),))
         with pytest.raises(OwnerTerminating):
             await store.create(action("child", owners=[owner]))
     finally:
@@ -204,19 +206,49 @@ async def test_create_under_terminating_owner(tmp_path: Path) -> None:
 # -- indexes --------------------------------------------------------------------------
 
 
-def test_label_list_and_cascade_use_indexes() -> None:
-    conn = _sqlite.connect(None, "NORMAL")
-    _sqlite.init_schema(conn)
-    for labels in ({"flyte.org/parent": "p"}, {"flyte.org/parent": "p", "flyte.org/run": "r"}):
-        sql, params = _sqlite.list_query(labels)
-        plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
-        assert "SCAN" not in plan, plan
-        assert "SEARCH labels USING PRIMARY KEY (key=? AND value=?)" in plan
-        assert "SEARCH objects USING PRIMARY KEY (name=?)" in plan
-    sql = "SELECT dependent FROM owners WHERE owner = ? AND owner_uid = ? ORDER BY dependent"
-    plan = " | ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", ["a", "b"]))
-    assert "SCAN" not in plan, plan
-    conn.close()
+async def test_lists_and_cascades_come_from_the_index(tmp_path: Path) -> None:
+    store = await open_file_store(tmp_path)
+    try:
+        root = await store.create(action("root", labels={"flyte.org/run": "r"}))
+        [
+            await store.create(action(f"kid{i}", owners=[root], labels={"flyte.org/run": "r"}))
+            for i in range(3)
+        ]
+        await store.create(action("other", labels={"flyte.org/run": "s"}))
+        assert store.path is not None
+        # What the index answers no longer depends on the tables: empty them under it.
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("DELETE FROM objects")
+        items, list_rv = await store.list({"flyte.org/run": "r"})
+        assert [o["metadata"]["name"] for o in items] == ["kid0", "kid1", "kid2", "root"]
+        assert list_rv == await store.current_resource_version() == "5"
+        assert await store.list({"flyte.org/run": "r", "missing": "x"}) == ([], list_rv)
+        async with watching(store) as events:
+            await store.delete("root")
+            got = await take(events, 4)
+        assert [e.name for e in got] == ["root", "kid0", "kid1", "kid2"]
+    finally:
+        await store.aclose()
+
+
+async def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "flyte.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO meta VALUES ('schema', 1), ('rv', 0), ('compacted', 0);"
+            "CREATE TABLE labels (key TEXT, value TEXT, name TEXT);"
+            "CREATE TABLE owners (owner TEXT, owner_uid TEXT, dependent TEXT);"
+        )
+    store = await open_file_store(tmp_path)
+    try:
+        await store.create(action("a"))
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert _sqlite.meta_value(conn, "schema") == _sqlite.SCHEMA_VERSION
+    assert "labels" not in tables and "owners" not in tables
 
 
 # -- compaction -----------------------------------------------------------------------

@@ -11,10 +11,12 @@ from collections import deque
 from typing import Any
 
 from actions.store import _meta
+from actions.store._index import Tx
 from actions.store._meta import copy_json
-from actions.store._sqlite import Tx
 from actions.store.base import KubeObject, PropagationPolicy
 from actions.store.errors import AlreadyExists, Conflict, Invalid, NotFound, OwnerTerminating
+
+_ABSENT: Any = object()
 
 # Metadata fields the server owns; whatever a create body says about them is dropped.
 _SERVER_OWNED = (
@@ -55,8 +57,15 @@ def create(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
         generation=1,
         creationTimestamp=_meta.now_timestamp(),
     )
-    _meta.check_size(new)
     return tx.insert(new)
+
+
+def create_with_status(tx: Tx, obj: KubeObject, status: Any, namespace: str) -> KubeObject:
+    """``create``, then ``status`` written through the status subresource: two changes
+    (ADDED, MODIFIED) in one transaction, so either both happen or neither does."""
+    created = create(tx, obj, namespace)
+    created["status"] = copy_json(status)
+    return tx.replace(created, check_size=True)
 
 
 def update_status(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
@@ -70,20 +79,21 @@ def update_status(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
     expected_rv = meta.get("resourceVersion")
     if not expected_rv:
         raise Invalid("metadata.resourceVersion: Invalid value: 0: must be specified for an update")
-    current = tx.load(name)
-    if current is None:
+    entry = tx.entry(name)
+    if entry is None:
         raise NotFound(_meta.not_found_message(name))
-    if str(expected_rv) != current["metadata"]["resourceVersion"]:
+    if str(expected_rv) != str(entry.rv):
         raise Conflict(_meta.conflict_message(name))
-    new = copy_json(current)
-    if "status" in obj:
-        new["status"] = copy_json(obj["status"])
-    else:
-        new.pop("status", None)
-    if new == current:
-        return current  # a no-op write is not persisted: old rv, no event
-    _meta.check_size(new)
-    return tx.replace(current, new)
+    new = entry.object()  # a fresh copy: ours to change
+    before = new.pop("status", _ABSENT)
+    after = copy_json(obj["status"]) if "status" in obj else _ABSENT
+    if after == before:
+        if before is not _ABSENT:
+            new["status"] = before
+        return new  # a no-op write is not persisted: old rv, no event
+    if after is not _ABSENT:
+        new["status"] = after
+    return tx.replace(new, check_size=True)
 
 
 def patch_annotations(tx: Tx, name: str, annotations: dict[str, str]) -> KubeObject:
@@ -95,10 +105,8 @@ def patch_annotations(tx: Tx, name: str, annotations: dict[str, str]) -> KubeObj
     merged = {**before, **annotations}
     if merged == before:
         return current  # a no-op write is not persisted: old rv, no event
-    new = copy_json(current)
-    new["metadata"]["annotations"] = merged
-    _meta.check_size(new)
-    return tx.replace(current, new)
+    current["metadata"]["annotations"] = merged
+    return tx.replace(current, check_size=True)
 
 
 def delete(tx: Tx, name: str, propagation: PropagationPolicy) -> None:
@@ -133,9 +141,9 @@ def delete(tx: Tx, name: str, propagation: PropagationPolicy) -> None:
     else:
         uid = marked["metadata"]["uid"]
         for dependent_name in tx.dependents(name, uid):
-            dependent = tx.load(dependent_name)
-            if dependent is not None:
-                _strip_refs(tx, dependent, lambda ref, uid=uid: ref["uid"] == uid)
+            orphan = tx.load(dependent_name)
+            if orphan is not None:
+                _strip_refs(tx, orphan, lambda ref, uid=uid: ref["uid"] == uid)
     tx.remove(marked)
 
 
@@ -146,7 +154,7 @@ def _mark_deleting(tx: Tx, current: KubeObject, finalizer: str) -> KubeObject:
     meta["deletionGracePeriodSeconds"] = 0
     meta["finalizers"] = [*(meta.get("finalizers") or []), finalizer]
     meta["generation"] = meta.get("generation", 1) + 1
-    return tx.replace(current, marked)
+    return tx.replace(marked)
 
 
 def _collect(tx: Tx, root: KubeObject, *, remove_now: bool) -> list[KubeObject]:
@@ -193,4 +201,4 @@ def _strip_refs(tx: Tx, dependent: KubeObject, drop: Any) -> None:
         new["metadata"]["ownerReferences"] = kept
     else:
         new["metadata"].pop("ownerReferences", None)
-    tx.replace(dependent, new)
+    tx.replace(new)

@@ -50,7 +50,12 @@ def object_size(obj: Any) -> int:
 
 def check_size(obj: KubeObject) -> None:
     """Raise TooLarge when ``obj`` is over ``MAX_OBJECT_BYTES`` (see there)."""
-    size = object_size(obj)
+    check_body_size(obj, dumps(obj))
+
+
+def check_body_size(obj: KubeObject, body: str) -> None:
+    """``check_size`` for an object already encoded (``body`` is ``dumps(obj)``)."""
+    size = len(body) if body.isascii() else len(body.encode())
     if size > MAX_OBJECT_BYTES:
         name = (obj.get("metadata") or {}).get("name", "")
         raise TooLarge(

@@ -14,23 +14,21 @@ Everything below ``Connection`` is synchronous and runs in those worker threads.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import trio
 
-from actions.store._meta import dumps
-from actions.store.base import EventType, KubeObject
+from actions.store.base import EventType
 from actions.store.errors import Gone, StoreUnavailable
 
 T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -39,7 +37,8 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {schema}), ('rv', 0), ('compacted', 0);
 
--- The objects, each as the JSON the API server would return.
+-- The objects, each as the JSON the API server would return: what a store loads into
+-- its in-memory index when it opens (labels and owners are indexed there).
 CREATE TABLE IF NOT EXISTS objects (
     name TEXT PRIMARY KEY,
     uid  TEXT NOT NULL,
@@ -47,32 +46,22 @@ CREATE TABLE IF NOT EXISTS objects (
     body TEXT NOT NULL
 ) WITHOUT ROWID;
 
--- Label index: a label-selected list is a range scan on (key, value), never a table scan.
-CREATE TABLE IF NOT EXISTS labels (
-    key   TEXT NOT NULL,
-    value TEXT NOT NULL,
-    name  TEXT NOT NULL,
-    PRIMARY KEY (key, value, name)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS labels_by_name ON labels (name);
-
--- ownerReference index: the cascade finds an owner's dependents without a scan.
-CREATE TABLE IF NOT EXISTS owners (
-    owner     TEXT NOT NULL,
-    owner_uid TEXT NOT NULL,
-    dependent TEXT NOT NULL,
-    PRIMARY KEY (owner, dependent)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS owners_by_dependent ON owners (dependent);
-
--- The change log: one row per resourceVersion, in apply order. Followers (run_events in
--- this and other processes) read it; compaction drops a prefix and records its end in
--- meta.compacted.
+-- The change log: one row per resourceVersion, in apply order. Followers (the index of
+-- every other process on the same file, and resuming watchers) read it; compaction drops
+-- a prefix and records its end in meta.compacted.
 CREATE TABLE IF NOT EXISTS changes (
     rv   INTEGER PRIMARY KEY,
     type TEXT NOT NULL,
     body TEXT NOT NULL
 );
+"""
+
+# Version 1 also kept label and ownerReference index tables; the index lives in memory
+# now, so opening a version 1 file drops them (nothing else changed).
+_MIGRATE_FROM_1 = """
+DROP TABLE IF EXISTS labels;
+DROP TABLE IF EXISTS owners;
+UPDATE meta SET value = 2 WHERE key = 'schema';
 """
 
 
@@ -119,7 +108,16 @@ def connect(path: Path | None, synchronous: Synchronous) -> sqlite3.Connection:
     if path is not None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
+        # Checkpoints (copying the WAL into the database, with an fsync) are run by the
+        # store in the background (``checkpoint``), never inside a commit it waits for.
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds into the database file, as far as readers allow; never
+    waits for (or blocks) a writer."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def init_schema(conn: sqlite3.Connection) -> None:
@@ -127,6 +125,8 @@ def init_schema(conn: sqlite3.Connection) -> None:
     # (executescript would commit an open transaction first, so BEGIN goes inside it.)
     try:
         conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA.format(schema=SCHEMA_VERSION)}\nCOMMIT;")
+        if meta_value(conn, "schema") == 1:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATE_FROM_1}\nCOMMIT;")
     except BaseException:
         _rollback(conn)
         raise
@@ -135,51 +135,56 @@ def init_schema(conn: sqlite3.Connection) -> None:
         raise StoreUnavailable(f"unsupported store schema version {version}")
 
 
-@dataclass(eq=False, slots=True)
-class WriteOp:
-    """One store write waiting for (or done by) a group commit."""
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One write as the log records it: the object after it (for DELETED, its last
+    state), stamped with ``rv``, as compact JSON."""
 
-    fn: Callable[[Tx], Any]
-    done: bool = False
-    result: Any = None
-    error: BaseException | None = None
+    rv: int
+    type: EventType
+    name: str
+    uid: str
+    body: str
 
 
-def write_batch(conn: sqlite3.Connection, retention: int, ops: list[WriteOp]) -> bool:
-    """Apply ``ops`` in order in ONE transaction (one fsync for all: group commit), each
-    inside its own savepoint so that one failing op (AlreadyExists, Conflict, a bad
-    argument) is undone alone. Returns whether anything was written; every op ends
-    ``done`` with its result or error, also when the whole transaction fails."""
+class Stale(Exception):
+    """Another process wrote since the caller last looked: its view is out of date."""
+
+
+def append(conn: sqlite3.Connection, base_rv: int, changes: list[Change], retention: int) -> int:
+    """Write ``changes`` (resourceVersions ``base_rv + 1 ...``) in ONE transaction: one
+    fsync for all of them (group commit). Raises Stale, writing nothing, when the file's
+    resourceVersion is no longer ``base_rv`` (another process committed meanwhile).
+    Returns the end of the log's compacted prefix."""
     try:
         conn.execute("BEGIN IMMEDIATE")
-        tx = Tx(conn)
-        for op in ops:
-            conn.execute("SAVEPOINT op")
-            rv_before = tx.rv
-            try:
-                op.result = op.fn(tx)
-            except Exception as exc:
-                conn.execute("ROLLBACK TO op")
-                tx.rv = rv_before
-                op.error = _store_error(exc)
-            conn.execute("RELEASE op")
-        wrote = tx.finish(retention)
+        if meta_value(conn, "rv") != base_rv:
+            raise Stale
+        conn.executemany(
+            "INSERT INTO changes (rv, type, body) VALUES (?, ?, ?)",
+            [(c.rv, c.type, c.body) for c in changes],
+        )
+        for c in changes:
+            if c.type == "DELETED":
+                conn.execute("DELETE FROM objects WHERE name = ?", (c.name,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?)",
+                    (c.name, c.uid, c.rv, c.body),
+                )
+        rv = changes[-1].rv
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'rv'", (rv,))
+        compacted = meta_value(conn, "compacted")
+        # Compact in batches (retention/8 slack) so the delete is amortised over writes.
+        if rv - compacted > retention + retention // 8 + 1:
+            compacted = rv - retention
+            conn.execute("DELETE FROM changes WHERE rv <= ?", (compacted,))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted'", (compacted,))
         conn.execute("COMMIT")
-    except BaseException as exc:
+    except BaseException:
         _rollback(conn)
-        for op in ops:  # nothing of this transaction is left: every op failed
-            op.result, op.error = None, _store_error(exc)
         raise
-    finally:
-        for op in ops:
-            op.done = True
-    return wrote
-
-
-def _store_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreUnavailable(f"sqlite: {exc}")
-    return exc
+    return compacted
 
 
 def read(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -205,124 +210,29 @@ def meta_value(conn: sqlite3.Connection, key: str) -> int:
     return int(value)
 
 
-def load(conn: sqlite3.Connection, name: str) -> KubeObject | None:
-    row = conn.execute("SELECT body FROM objects WHERE name = ?", (name,)).fetchone()
-    return None if row is None else json.loads(row[0])
+def load_all(conn: sqlite3.Connection) -> tuple[int, int, list[tuple[str, int, str]]]:
+    """(resourceVersion, compacted, every object as (name, rv, body)), in one snapshot."""
+
+    def _all(c: sqlite3.Connection) -> tuple[int, int, list[tuple[str, int, str]]]:
+        rows = c.execute("SELECT name, rv, body FROM objects").fetchall()
+        return meta_value(c, "rv"), meta_value(c, "compacted"), rows
+
+    return read(conn, _all)
 
 
-def list_query(labels: dict[str, str]) -> tuple[str, list[str]]:
-    """SQL for a label-selected list: one index range per requirement, intersected, so
-    the cost follows the matches and not the table (EXPLAIN QUERY PLAN is tested)."""
-    if not labels:
-        return "SELECT body FROM objects ORDER BY name", []
-    sub = " INTERSECT ".join(["SELECT name FROM labels WHERE key = ? AND value = ?"] * len(labels))
-    params = [part for item in sorted(labels.items()) for part in item]
-    return f"SELECT body FROM objects WHERE name IN ({sub}) ORDER BY name", params
+def read_log(
+    conn: sqlite3.Connection, after: int, limit: int
+) -> tuple[int, list[tuple[int, str, str]]]:
+    """(compacted, changes with rv > ``after`` oldest first, at most ``limit``). Gone if
+    some of them were compacted."""
 
-
-def select_by_labels(conn: sqlite3.Connection, labels: dict[str, str]) -> list[KubeObject]:
-    sql, params = list_query(labels)
-    return [json.loads(body) for (body,) in conn.execute(sql, params).fetchall()]
-
-
-def read_changes(conn: sqlite3.Connection, after: int, limit: int) -> list[tuple[int, str, str]]:
-    """Changes with rv > ``after``, oldest first. Gone if some of them were compacted."""
-    compacted = meta_value(conn, "compacted")
-    if after < compacted:
-        raise Gone(f"too old resource version: {after} ({compacted})")
-    return conn.execute(
-        "SELECT rv, type, body FROM changes WHERE rv > ? ORDER BY rv LIMIT ?", (after, limit)
-    ).fetchall()
-
-
-def _labels_of(obj: KubeObject) -> dict[str, str]:
-    return obj["metadata"].get("labels") or {}
-
-
-def _owner_refs_of(obj: KubeObject) -> list[tuple[str, str]]:
-    return [(ref["name"], ref["uid"]) for ref in obj["metadata"].get("ownerReferences") or []]
-
-
-class Tx:
-    """Primitive writes inside one transaction; each write takes the next resourceVersion
-    and appends one row to the change log, so the log order is the apply order."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        self._start_rv = meta_value(conn, "rv")
-        self.rv = self._start_rv
-
-    def load(self, name: str) -> KubeObject | None:
-        return load(self._conn, name)
-
-    def dependents(self, owner: str, owner_uid: str) -> list[str]:
-        rows = self._conn.execute(
-            "SELECT dependent FROM owners WHERE owner = ? AND owner_uid = ? ORDER BY dependent",
-            (owner, owner_uid),
+    def _read(c: sqlite3.Connection) -> tuple[int, list[tuple[int, str, str]]]:
+        compacted = meta_value(c, "compacted")
+        if after < compacted:
+            raise Gone(f"too old resource version: {after} ({compacted})")
+        rows = c.execute(
+            "SELECT rv, type, body FROM changes WHERE rv > ? ORDER BY rv LIMIT ?", (after, limit)
         ).fetchall()
-        return [name for (name,) in rows]
+        return compacted, rows
 
-    def _stamp(self, obj: KubeObject, event: EventType) -> str:
-        self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
-        body = dumps(obj)
-        self._conn.execute(
-            "INSERT INTO changes (rv, type, body) VALUES (?, ?, ?)", (self.rv, event, body)
-        )
-        return body
-
-    def _index(self, obj: KubeObject) -> None:
-        name = obj["metadata"]["name"]
-        self._conn.executemany(
-            "INSERT INTO labels (key, value, name) VALUES (?, ?, ?)",
-            [(key, value, name) for key, value in _labels_of(obj).items()],
-        )
-        self._conn.executemany(
-            "INSERT OR REPLACE INTO owners (owner, owner_uid, dependent) VALUES (?, ?, ?)",
-            [(owner, uid, name) for owner, uid in _owner_refs_of(obj)],
-        )
-
-    def _unindex(self, name: str) -> None:
-        self._conn.execute("DELETE FROM labels WHERE name = ?", (name,))
-        self._conn.execute("DELETE FROM owners WHERE dependent = ?", (name,))
-
-    def insert(self, obj: KubeObject) -> KubeObject:
-        body = self._stamp(obj, "ADDED")
-        meta = obj["metadata"]
-        self._conn.execute(
-            "INSERT INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?)",
-            (meta["name"], meta["uid"], self.rv, body),
-        )
-        self._index(obj)
-        return obj
-
-    def replace(self, old: KubeObject, new: KubeObject) -> KubeObject:
-        body = self._stamp(new, "MODIFIED")
-        name = new["metadata"]["name"]
-        self._conn.execute(
-            "UPDATE objects SET rv = ?, body = ? WHERE name = ?", (self.rv, body, name)
-        )
-        if _labels_of(old) != _labels_of(new) or _owner_refs_of(old) != _owner_refs_of(new):
-            self._unindex(name)
-            self._index(new)
-        return new
-
-    def remove(self, obj: KubeObject) -> KubeObject:
-        """Delete; the DELETED event carries the last state with the deletion's new rv."""
-        self._stamp(obj, "DELETED")
-        name = obj["metadata"]["name"]
-        self._conn.execute("DELETE FROM objects WHERE name = ?", (name,))
-        self._unindex(name)
-        return obj
-
-    def finish(self, retention: int) -> bool:
-        if self.rv == self._start_rv:
-            return False
-        self._conn.execute("UPDATE meta SET value = ? WHERE key = 'rv'", (self.rv,))
-        compacted = meta_value(self._conn, "compacted")
-        # Compact in batches (retention/8 slack) so the delete is amortised over writes.
-        if self.rv - compacted > retention + retention // 8 + 1:
-            compacted = self.rv - retention
-            self._conn.execute("DELETE FROM changes WHERE rv <= ?", (compacted,))
-            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'compacted'", (compacted,))
-        return True
+    return read(conn, _read)

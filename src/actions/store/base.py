@@ -45,6 +45,14 @@ class Store(Protocol):
         (an ownerReference names a missing owner) or OwnerTerminating."""
         ...
 
+    async def create_with_status(self, obj: KubeObject, status: dict[str, Any]) -> KubeObject:
+        """``create``, then ``status`` written through the status subresource (an ADDED
+        and a MODIFIED event). The embedded store does both in one transaction; the
+        Kubernetes backend in two requests, keeping a status someone else wrote in
+        between. Raises what create raises, TooLarge (nothing is left behind), or
+        OwnerTerminating (the object was deleted at once with its owner)."""
+        ...
+
     async def get(self, name: str) -> KubeObject:
         """Raises NotFound."""
         ...
@@ -75,7 +83,8 @@ class Store(Protocol):
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The single change stream: runs until cancelled, sending every ADDED, MODIFIED
-        and DELETED event in the order the store applied them. ``send`` applies
+        and DELETED event in the order the store applied them. Event objects may be
+        shared with other followers: read them, never change them. ``send`` applies
         backpressure. Calls ``task_status.started()`` once it is following changes, so
         that a caller that waited for it misses nothing written afterwards.
 

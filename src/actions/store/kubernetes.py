@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -34,11 +34,21 @@ from actions.store._kube_client import (
     load_configuration,
 )
 from actions.store.base import KubeObject, PropagationPolicy, WatchEvent
-from actions.store.errors import Invalid, NotFound, OwnerTerminating, StoreUnavailable, TooLarge
+from actions.store.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    OwnerTerminating,
+    StoreUnavailable,
+    TooLarge,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ClientSettings", "KubernetesStore"]
+
+# create_with_status: status writes that lose to another writer before giving up.
+_STATUS_RETRIES = 32
 
 
 @contextmanager
@@ -208,6 +218,30 @@ class KubernetesStore:
         with _sized(body):
             created = await self._call(self._api.create_namespaced_custom_object, body)
         return self._shown(created)
+
+    async def create_with_status(self, obj: KubeObject, status: dict[str, Any]) -> KubeObject:
+        """``create``, then ``status`` through the status subresource (two requests: the
+        API server has no single call for both). Unless someone else wrote a status in
+        between, which is then kept. An object its status makes too large is deleted
+        again, so that the refusal leaves nothing behind; one deleted in between (its
+        owner went away) raises OwnerTerminating."""
+        current = await self.create(obj)
+        name = current["metadata"]["name"]
+        try:
+            for _ in range(_STATUS_RETRIES):
+                if current.get("status"):
+                    return current
+                try:
+                    return await self.update_status({**current, "status": status})
+                except Conflict:
+                    current = await self.get(name)
+        except TooLarge:
+            with suppress(NotFound):
+                await self.delete(name)
+            raise
+        except NotFound:
+            raise OwnerTerminating(f"{_meta.RESOURCE} {name!r} was deleted at once") from None
+        raise Conflict(_meta.conflict_message(name))
 
     def _shown(self, obj: KubeObject) -> KubeObject:
         """Tell the informer what the API server just showed us (see ``Informer.note``)."""

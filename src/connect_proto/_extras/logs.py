@@ -3,7 +3,8 @@
 ``configure_logging("json", "INFO")`` makes every record one JSON object per line on
 stderr: ``ts``, ``level``, ``logger``, ``msg``, any ``extra`` fields, and ``exc`` for
 tracebacks. ``AccessLog`` (an observer for ``ConnectApp(observers=...)``) writes one
-line per call to the ``connect_proto.access`` logger, with the fields as ``extra``::
+line per call to the ``connect_proto.access`` logger (successful calls at DEBUG, the
+others at INFO), with the fields as ``extra``::
 
     /pkg.Service/Method grpc ok 1.84ms id=4bf9... peer=127.0.0.1 principal=ci in=1 out=1
 
@@ -85,21 +86,29 @@ def configure_logging(
 
 
 class AccessLog:
-    """The access-log observer: one INFO record per finished call."""
+    """The access-log observer: one record per finished call, at ``ok_level`` (DEBUG
+    unless told otherwise) for a call that succeeded and at INFO for one that did not.
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    Writing a record costs about as much as serving a small call, so by default only the
+    calls worth a look reach an INFO log; ``ok_level=logging.INFO`` (or the logger at
+    DEBUG) logs every call."""
+
+    def __init__(self, logger: logging.Logger | None = None, *, ok_level: int = logging.DEBUG):
         self._log = logger if logger is not None else logging.getLogger(ACCESS_LOGGER)
+        self._ok_level = ok_level
 
     def call_started(self, route: RpcRoute, ctx: RequestContext) -> None:
         pass
 
     def call_finished(self, route: RpcRoute, ctx: RequestContext, outcome: CallOutcome) -> None:
         log = self._log
-        if not log.isEnabledFor(logging.INFO):
+        level = self._ok_level if outcome.code is None else logging.INFO
+        if not log.isEnabledFor(level):
             return  # formatting costs more than the call itself on a fast path
         ms = round(outcome.duration * 1000, 3)
         peer = ctx.peer[0] if ctx.peer else "-"
-        log.info(
+        log.log(
+            level,
             "%s %s %s %.2fms id=%s peer=%s principal=%s in=%d out=%d",
             route.path,
             ctx.protocol,
