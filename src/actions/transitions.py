@@ -7,6 +7,7 @@ pure, they are re-run unchanged on a fresh read after a write conflict.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from flyteidl2.common.identity_pb2 import EnrichedIdentity
@@ -196,4 +197,44 @@ def apply_signal(
         new["signalledBy"] = subject
     if resolve:
         set_phase(new, phases.SUCCEEDED, now, reason=phases.REASON_SIGNALED)
+    return new
+
+
+CONDITION_TIMED_OUT = "ConditionTimedOut"
+
+
+def condition_deadline(obj: objects.KubeObject) -> datetime | None:
+    """When a condition times out (its creation plus the ConditionAction's timeout), or
+    None: not a condition, no timeout, or no creation time."""
+    spec = obj.get("spec") or {}
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    if spec.get("actionType") != objects.TYPE_CONDITION or not spec.get("conditionSpec"):
+        return None
+    if not created:
+        return None
+    cond = ConditionAction()
+    cond.ParseFromString(objects.unb64(spec["conditionSpec"]))
+    if not cond.HasField("timeout") or cond.timeout.ToTimedelta() <= timedelta(0):
+        return None
+    try:
+        start = datetime.fromisoformat(str(created))
+    except ValueError:
+        return None
+    return start + cond.timeout.ToTimedelta()
+
+
+def apply_condition_timeout(obj: objects.KubeObject, now: datetime) -> Status | None:
+    """The status of a condition past its timeout with no signal: TIMED_OUT, as Flyte's
+    executor writes it (``Failed`` True, reason ``TimedOut``, ``errorState`` code
+    ``ConditionTimedOut``). None when it is not due: signalled, terminal, or in time."""
+    deadline = condition_deadline(obj)
+    stored: Status = obj.get("status") or {}
+    if deadline is None or now < deadline or stored.get("signalValue"):
+        return None
+    if phases.is_terminal(objects.phase_of_object(obj)):
+        return None
+    new = dict(stored)
+    message = "condition was not signalled before its timeout"
+    set_phase(new, phases.TIMED_OUT, timefmt.now(), message=message)
+    new["errorState"] = {"code": CONDITION_TIMED_OUT, "kind": "USER", "message": message}
     return new
