@@ -513,3 +513,19 @@ def test_trace_is_never_a_task_action() -> None:
     trace = objects.new_trace_object(trace_req(aid("t1"), "a0"), "flyte", parent)
     assert trace["kind"] == "TraceAction"
     fits_schema(trace)
+
+
+def test_start_up_names_a_missing_trace_crd(tmp_path: Path) -> None:
+    """Next to Flyte, its chart installs the TaskAction CRD; the TraceAction one is ours."""
+    from kube_emulator import Emulator
+
+    from actions.preflight import StartupError, check_kubernetes
+
+    only_taskactions = tmp_path / "taskaction-crd.yaml"
+    docs = [d for d in yaml.safe_load_all((ROOT / "k8s" / "crd.yaml").read_text()) if d]
+    only_taskactions.write_text(yaml.safe_dump(docs[0]))
+    with Emulator(crds=[only_taskactions], namespaces=["flyte"]) as emu:
+        with pytest.raises(StartupError, match=r"CRD actiontraces\.flyte\.org is not installed"):
+            check_kubernetes("emu", emu.api_client(), "flyte", (1, 5))
+    with Emulator(crds=[ROOT / "k8s" / "crd.yaml"], namespaces=["flyte"]) as emu:
+        assert check_kubernetes("emu", emu.api_client(), "flyte", (1, 5)) is None
