@@ -529,3 +529,43 @@ def test_start_up_names_a_missing_trace_crd(tmp_path: Path) -> None:
             check_kubernetes("emu", emu.api_client(), "flyte", (1, 5))
     with Emulator(crds=[ROOT / "k8s" / "crd.yaml"], namespaces=["flyte"]) as emu:
         assert check_kubernetes("emu", emu.api_client(), "flyte", (1, 5)) is None
+
+
+async def test_run_service_url_feeds_the_notifier_every_store_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``actions.runServiceUrl`` wires the run-service notifier to the fan-out: every
+    store event reaches it (the run service itself is tested in test_run_service.py;
+    here nothing answers, so the notifier only buffers and retries)."""
+    from actions.app import build_app
+    from actions.store.embedded import EmbeddedStore
+    from connect_proto._server.serve import make_config
+    from connect_proto._server.serve import serve as serve_asgi
+
+    async def open_store(_: cfg.Config) -> Any:
+        return await EmbeddedStore.open(None)
+
+    caplog.set_level("INFO", logger="actions")
+    config = cfg.Config(
+        port=0, run_service_url="http://127.0.0.1:9", record_filter_size=1, kube_cluster_name="c"
+    )
+    application = build_app(config, open_store=open_store)
+    assert application.service.resolve_conditions  # no executor next to an embedded store
+    ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert [m.split(":")[0] for m in ignored] == [
+        "actions.kubernetes.clusterName",
+        "actions.recordFilterSize",
+    ]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_asgi, application.app, make_config("127.0.0.1", 0))
+        with trio.fail_after(10):
+            while application.service._store is None:  # noqa: ASYNC110 - the lifespan binds it
+                await trio.sleep(0.01)
+        notifier = application.notifier
+        assert notifier is not None
+        await application.service.enqueue(task_req(aid("a0")), None)  # type: ignore[arg-type]
+        with trio.fail_after(10):
+            while notifier.metrics.observed < 2:  # noqa: ASYNC110 - ADDED, then MODIFIED
+                await trio.sleep(0.01)
+        application.begin_shutdown()
+        nursery.cancel_scope.cancel()
