@@ -569,3 +569,25 @@ async def test_run_service_url_feeds_the_notifier_every_store_event(
                 await trio.sleep(0.01)
         application.begin_shutdown()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_trace_reaches_the_watchers_of_every_replica() -> None:
+    """Two replicas on one API server: a trace enqueued through one reaches a watcher of
+    the other live (its TraceAction watch), and both snapshots."""
+    from actions_harness import open_emulator
+
+    async with (
+        open_emulator() as emu,
+        open_env("direct", backend="kubernetes", emulator=emu) as one,
+        open_env("direct", backend="kubernetes", emulator=emu) as two,
+    ):
+        await one.client.enqueue(task_req(aid("a0")))
+        request = pb.WatchForUpdatesRequest(parent_action_id=aid("a0"))
+        async with two.client.watch(request) as stream:
+            with trio.fail_after(5):
+                await read_snapshot(stream)
+            await one.client.enqueue(trace_req(aid("t1"), "a0"))
+            update = await next_update(stream)
+        assert (update.action_id.name, update.phase) == ("t1", P.ACTION_PHASE_SUCCEEDED)
+        for env in (one, two):
+            assert (await _snapshot(env))["t1"].output_uri == "s3://bucket/trace/out"
