@@ -591,3 +591,12 @@ async def test_a_trace_reaches_the_watchers_of_every_replica() -> None:
         assert (update.action_id.name, update.phase) == ("t1", P.ACTION_PHASE_SUCCEEDED)
         for env in (one, two):
             assert (await _snapshot(env))["t1"].output_uri == "s3://bucket/trace/out"
+
+
+async def test_api_server_refuses_bytes_that_are_not_base64(env: Env) -> None:
+    if env.backend != "kubernetes":
+        pytest.skip("the emulator is the API server")
+    await env.client.enqueue(task_req(aid("a0")))
+    obj = await env.store.get(naming.object_name(aid("a0")))
+    with pytest.raises(Invalid, match="pluginState"):
+        await env.store.update_status({**obj, "status": {"pluginState": "not base64!"}})
