@@ -1,8 +1,10 @@
-"""flyteidl2 messages <-> TaskAction objects (plain Kubernetes-shaped dicts).
+"""flyteidl2 messages <-> TaskAction and TraceAction objects (plain Kubernetes-shaped dicts).
 
 The object is the only place an action's state lives, so everything a watcher needs to
 rebuild an ``ActionUpdate`` (identity, phase, output location, error, signal value) is on
-it; nothing is kept in service memory.
+it; nothing is kept in service memory. A TaskAction is exactly Flyte's executor's
+(``k8s/crd.yaml``): what the service needs beyond its schema is in labels and annotations,
+and the phase, error and signal are read where the executor writes them.
 """
 
 from __future__ import annotations
