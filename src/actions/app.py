@@ -47,6 +47,7 @@ from hypercorn.config import Sockets
 from prometheus_client import CollectorRegistry, Gauge
 
 from actions import preflight
+from actions.conditions import ConditionTimer
 from actions.config import Config
 from actions.console.service import SERVICE_DESCRIPTOR as CONSOLE_SERVICE  # console
 from actions.console.service import ConsoleService  # console
@@ -54,6 +55,7 @@ from actions.console.static import static_routes  # console
 from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
 from actions.preflight import StartupError
+from actions.runservice import RunServiceCollector, RunServiceNotifier, notifier_for
 from actions.service import SERVICE_DESCRIPTOR, ActionsService
 from actions.store.base import Store
 from actions.store.errors import StoreError
@@ -131,7 +133,7 @@ async def open_kubernetes_store(config: Config) -> Store:
         qps=config.kube_qps,
         burst=config.kube_burst,
         connect_timeout=config.kube_connect_timeout,
-        request_timeout=config.kube_request_timeout,
+        request_timeout=config.effective_request_timeout,
         watch_timeout=config.kube_watch_timeout,
     )
     try:
@@ -235,7 +237,10 @@ class ActionsApplication:
         self.store: Store | None = None
         self.observed: ObservedStore | None = None  # what the service and fan-out use
         self.fanout: FanOut | None = None
-        self.service = ActionsService(namespace=config.namespace)
+        self.service = ActionsService(
+            namespace=config.namespace, resolve_conditions=not config.executor_runs
+        )
+        self.notifier: RunServiceNotifier | None = None  # with actions.runServiceUrl
         self.console = ConsoleService(lambda: self.observed)  # console: the read API
         self.registry = CollectorRegistry()
         self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
@@ -259,6 +264,7 @@ class ActionsApplication:
                 readiness=lambda: self.last_readiness,
             )
         )
+        self.registry.register(RunServiceCollector(lambda: self.notifier))
         self.app = self._connect_app()
         self.app.shutdown.on_begin(self._on_shutdown)
         # What a client can make the server hold: calls in flight, and the tasks behind them.
@@ -268,6 +274,8 @@ class ActionsApplication:
         Gauge("actions_trio_tasks", "Trio tasks alive.", registry=self.registry).set_function(
             trio_task_count
         )
+        for key in config.ignored_keys():
+            log.info("%s: set, but this service has no use for it; ignored", key)
 
     def _connect_app(self) -> ConnectApp:
         config = self.config
@@ -361,6 +369,7 @@ class ActionsApplication:
         observed = ObservedStore(store, store_label(config, store))
         self.observed = observed
         try:
+            notifier = notifier_for(config.run_service_url, observed)
             fanout = FanOut(
                 observed,
                 namespace=config.namespace,
@@ -368,9 +377,18 @@ class ActionsApplication:
                 buffer_size=config.watch_buffer_size,
                 subscriber_buffer=config.subscriber_buffer_size,
                 metrics=self.metrics,
+                observers=[notifier.observe] if notifier is not None else [],
+                resyncs=[notifier.resync] if notifier is not None else [],
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(fanout.run)
+                if notifier is not None:
+                    await nursery.start(notifier.run)
+                    self.notifier = notifier
+                    log.info("reporting actions to the run service at %s", config.run_service_url)
+                if not config.executor_runs:
+                    # No executor resolves conditions: time them out here.
+                    nursery.start_soon(ConditionTimer(observed).run)
                 if self.app.shutdown.draining:
                     fanout.shutdown()  # stopping already: refuse watches from the start
                 self.service.bind(observed, fanout)
@@ -385,6 +403,7 @@ class ActionsApplication:
                     self.fanout = None
         finally:
             self.store = self.observed = None
+            self.notifier = None
             with trio.CancelScope(shield=True):
                 await observed.aclose()
             log.info("store closed")

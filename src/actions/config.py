@@ -17,7 +17,10 @@ YAML shape (every key optional)::
       watchSubscriberBufferSize: 1000
       kubernetes: {namespace: flyte, kubeconfig: null, context: null, inCluster: null,
                    qps: 50, burst: 100, connectTimeout: 5, requestTimeout: 30,
-                   watchTimeout: 300}
+                   watchTimeout: 300, timeout: null, clusterName: null}
+      executor: null                # flyte | none; null: flyte on kubernetes, else none
+      runServiceUrl: null           # Flyte's run service (http://...:8090)
+      recordFilterSize: null        # accepted, ignored
       server:
         host: 127.0.0.1
         port: 8091
@@ -49,6 +52,7 @@ from actions.kube_names import is_dns_label
 
 CONFIG_ENV: Final = "ACTIONS_CONFIG"  # path of the YAML file, when --config is not given
 STORE_KINDS: Final = ("embedded", "kubernetes", "memory")
+EXECUTORS: Final = ("flyte", "none")
 LogFormat = Literal["plain", "json"]
 LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("plain", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -81,6 +85,13 @@ class Config:
     kube_connect_timeout: float = 5.0
     kube_request_timeout: float = 30.0
     kube_watch_timeout: int = 300
+    # Flyte's keys for the same things (a Flyte deployment's file carries them).
+    kube_timeout: float | None = None  # actions.kubernetes.timeout; wins over requestTimeout
+    kube_cluster_name: str | None = None  # actions.kubernetes.clusterName; ignored
+    # Flyte: its executor, its run service.
+    executor: str | None = None  # actions.executor; None: flyte on kubernetes, else none
+    run_service_url: str | None = None  # actions.runServiceUrl; None: not notified
+    record_filter_size: int | None = None  # actions.recordFilterSize; ignored
     # Server.
     host: str = "127.0.0.1"  # actions.server.host
     port: int = 8091  # actions.server.port
@@ -103,6 +114,23 @@ class Config:
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
     access_log: bool = True
+
+    @property
+    def executor_runs(self) -> bool:
+        """Flyte's executor reconciles the TaskActions (``actions.executor``; by default
+        on a Kubernetes store, and never on the others)."""
+        if self.executor is None:
+            return self.store == "kubernetes"
+        return self.executor == "flyte"
+
+    @property
+    def effective_request_timeout(self) -> float:
+        return self.kube_request_timeout if self.kube_timeout is None else self.kube_timeout
+
+    def ignored_keys(self) -> list[str]:
+        """Keys of a Flyte deployment this service has no use for, when set (reported
+        once at start-up)."""
+        return [key.path for key in KEYS if key.ignored and getattr(self, key.attr) is not None]
 
     def resolved_data_dir(self) -> Path:
         return (self.data_dir or default_data_dir()).expanduser()
@@ -215,6 +243,38 @@ class _Float(_Kind):
             raise ValueError(f"expected a number, got {text!r}") from None
 
 
+class _Duration(_Kind):
+    """Seconds: a number, or a Go duration such as ``30s``, ``1m30s``, ``500ms``."""
+
+    name = "a duration"
+    _PART: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+    _UNIT: Final = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                    "h": 3600.0}  # fmt: skip
+
+    def from_yaml(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a duration such as 30s, got {value!r}")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            return self.from_text(value)
+        raise ValueError(f"expected a duration such as 30s, got {value!r}")
+
+    def from_text(self, text: str) -> Any:
+        text = text.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        parts = self._PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"expected a duration such as 30s, got {text!r}")
+        return sum(float(n) * self._UNIT[u] for n, u in parts)
+
+    def to_yaml(self, value: Any) -> Any:
+        return None if value is None else f"{value:g}s"
+
+
 class _Bool(_Kind):
     name = "true or false"
     _TEXT: Final = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -246,6 +306,12 @@ def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else f"must be between 0 and 65535, got {v!r}"
 
 
+def _run_service_url(v: Any) -> str | None:
+    from actions.runservice.client import url_problem  # the client's own rule
+
+    return url_problem(v)
+
+
 def _dns_label(v: Any) -> str | None:
     return None if is_dns_label(v) else f"must be a DNS-1123 label, got {v!r}"
 
@@ -260,6 +326,7 @@ class Key:
     valid: Check | None = None
     flag: str | None = None  # serve/config flag, e.g. --port
     is_file: bool = False  # must exist at start-up
+    ignored: bool = False  # a Flyte key accepted for compatibility, unused
 
     @property
     def env(self) -> str:
@@ -303,6 +370,19 @@ KEYS: Final[tuple[Key, ...]] = (
         "seconds for one API request", valid=_positive),
     Key("actions.kubernetes.watchTimeout", "kube_watch_timeout", _Int(),
         "server-side lifetime of one watch request, seconds", valid=_at_least(1)),
+    Key("actions.kubernetes.timeout", "kube_timeout", _Duration(),
+        "one API request's timeout, e.g. 30s (Flyte's key; null: requestTimeout)", True,
+        valid=_positive),
+    Key("actions.kubernetes.clusterName", "kube_cluster_name", _Str(),
+        "Flyte's cluster name (ignored)", True, ignored=True),
+    Key("actions.executor", "executor", _Str(EXECUTORS),
+        "flyte: Flyte's executor runs the TaskActions; none: the service resolves and times "
+        "out conditions itself (null: flyte on kubernetes, else none)", True),
+    Key("actions.runServiceUrl", "run_service_url", _Str(),
+        "Flyte's run service base URL, told about every action (null: none)", True,
+        valid=_run_service_url),
+    Key("actions.recordFilterSize", "record_filter_size", _Int(),
+        "Flyte's record filter size (ignored)", True, ignored=True),
     Key("actions.server.host", "host", _Str(), "address to bind", flag="--host"),
     Key("actions.server.port", "port", _Int(), "port to bind (0: any free)", valid=_port,
         flag="--port"),

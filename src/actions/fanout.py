@@ -26,7 +26,7 @@ import enum
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -174,7 +174,11 @@ class FanOut:
         subscriber_buffer: int = 1000,
         restart_delay: float = 1.0,
         metrics: FanOutMetrics | None = None,
+        observers: Sequence[Callable[[WatchEvent], None]] = (),
+        resyncs: Sequence[Callable[[], None]] = (),
     ) -> None:
+        """``observers`` see every store event (synchronous, never raising); ``resyncs``
+        are called after a gap in the change stream."""
         if workers < 1 or buffer_size < 1 or subscriber_buffer < 1:
             raise ValueError("workers, buffer_size and subscriber_buffer must be at least 1")
         self._source = source
@@ -187,6 +191,8 @@ class FanOut:
         self._running = False
         self._closing = False
         self.metrics = metrics or FanOutMetrics()
+        self._observers = tuple(observers)
+        self._resyncs = tuple(resyncs)
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -264,6 +270,8 @@ class FanOut:
                 # every stream must re-list.
                 self.metrics.source_restarts += 1
                 self.resync_all("store change stream restarted")
+                for resync in self._resyncs:
+                    resync()
                 await trio.sleep(self._restart_delay)
 
     async def _follow_source(self, pending_status: list[trio.TaskStatus[None]]) -> None:
@@ -292,6 +300,8 @@ class FanOut:
         async with receive:
             async for event in receive:
                 metrics.events_received += 1
+                for observe in self._observers:
+                    observe(event)
                 name = event.name
                 worker = workers[fnv1a_32(name.encode()) % count]
                 queued = worker.pending.get(name)

@@ -7,17 +7,21 @@ later reader (an executor, ``kubectl``) derive the same names from the same iden
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from typing import Final
 
 from flyteidl2.common.identifier_pb2 import ActionIdentifier, RunIdentifier
 
-from actions.kube_names import MAX_LABEL, MAX_SUBDOMAIN, is_dns_label, is_label_value
+from actions.kube_names import MAX_LABEL, is_label_value
 
 GROUP: Final = "flyte.org"
 VERSION: Final = "v1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
 KIND: Final = "TaskAction"
+# Traces: a kind of their own (k8s/trace-crd.yaml), never a TaskAction.
+TRACE_KIND: Final = "TraceAction"
+TRACE_PLURAL: Final = "actiontraces"
 
 LABEL_ORG: Final = "flyte.org/org"
 LABEL_PROJECT: Final = "flyte.org/project"
@@ -28,10 +32,20 @@ LABEL_ACTION_TYPE: Final = "flyte.org/action-type"
 LABEL_IS_ROOT: Final = "flyte.org/is-root"
 LABEL_PARENT: Final = "flyte.org/parent"
 
+# The service's own labels and annotations share this prefix; a child never inherits them
+# from its parent (it sets its own).
+SERVICE_KEY_PREFIX: Final = "flyte.org/"
+ANNOTATION_ORG: Final = "flyte.org/org"
+ANNOTATION_SUBJECT: Final = "flyte.org/subject"
+ANNOTATION_QUEUE: Final = "flyte.org/queue"
+ANNOTATION_RUN_START_TIME: Final = "flyte.org/run-start-time"
 ANNOTATION_ABORT_REASON: Final = "flyte.org/abort-reason"
 ANNOTATION_ABORTED_BY: Final = "flyte.org/aborted-by"
 
 HASH_LEN: Final = 10
+NAME_HASH_LEN: Final = 12
+# Room for the executor's "-<retry>" pod-name suffix within a 63-character DNS label.
+MAX_OBJECT_NAME: Final = 52
 
 # An encoded part ends in "-" plus HASH_LEN hex digits. A valid part of that same shape is
 # encoded too, so an encoded part can never equal a passed-through one: this keeps the
@@ -67,14 +81,6 @@ def _encode(value: str, max_len: int) -> str:
     return f"{cleaned or 'x'}-{short_hash(value)}"
 
 
-def name_part(value: str, max_len: int = MAX_LABEL) -> str:
-    """One dot-separated part of an object name: ``value`` itself when it is a DNS label
-    (readable in ``kubectl get``), otherwise its encoded form."""
-    if len(value) <= max_len and is_dns_label(value) and not _LOOKS_ENCODED.search(value):
-        return value
-    return _encode(value, max_len)
-
-
 def label_value(value: str) -> str:
     """A label value for ``value``: itself when valid, otherwise encoded the same way."""
     if is_label_value(value) and not _LOOKS_ENCODED.search(value):
@@ -83,18 +89,21 @@ def label_value(value: str) -> str:
 
 
 def object_name_for(org: str, project: str, domain: str, run: str, action: str) -> str:
-    """``[<org>.]<project>.<domain>.<run>.<action>``, a DNS-1123 subdomain of at most 253
-    characters, unique for the whole identifier."""
-    raw = [project, domain, run, action]
-    if org:
-        raw.insert(0, org)
-    parts = [name_part(p) for p in raw]
-    name = ".".join(parts)
-    if len(name) <= MAX_SUBDOMAIN:
-        return name
-    # Only reachable when cleaning grew a part; re-encode every part into a budget that
-    # always fits (5 * 48 + 4 = 244). Per position, encoded parts stay distinct.
-    return ".".join(name_part(p, 48) if len(q) > 48 else q for p, q in zip(raw, parts, strict=True))
+    """``<run>-<action>-<hash>``: a DNS-1123 label that starts with a letter and has at most
+    ``MAX_OBJECT_NAME`` characters, unique for the whole identifier.
+
+    Flyte's executor names an action's pods ``<object name>-<retry>`` and some of its
+    plugins name Services after them (DNS-1035 labels, at most 63 characters), so the name
+    leaves room for that suffix. The readable part is the run and action names, cleaned
+    and cut to fit; the hash covers all five parts, so runs of the same name in other
+    projects, domains or orgs never collide (up to a collision of the hash itself)."""
+    identity = json.dumps([org, project, domain, run, action], ensure_ascii=False)
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:NAME_HASH_LEN]
+    readable = _DASHES.sub("-", _INVALID_RUN.sub("-", f"{run}-{action}".lower())).strip("-")
+    if not readable[:1].isalpha():
+        readable = f"x{readable}"
+    readable = readable[: MAX_OBJECT_NAME - NAME_HASH_LEN - 1].rstrip("-")
+    return f"{readable}-{digest}"
 
 
 def object_name(action_id: ActionIdentifier) -> str:

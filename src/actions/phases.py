@@ -1,8 +1,9 @@
-"""Phases as Kubernetes-style conditions on ``status.conditions``.
+"""Phases as Kubernetes-style conditions on ``status.conditions``, in Flyte's executor's
+vocabulary (the executor reconciles the same objects and writes the same conditions).
 
-Three condition types are always written together so that exactly one is True:
-``Progressing`` for live phases, ``Succeeded`` and ``Failed`` for terminal ones; the
-reason names the phase (``_CONDITION`` below is the whole mapping). Conditions follow the
+``Progressing`` is True for live phases; a terminal phase sets ``Progressing`` False and
+``Succeeded`` or ``Failed`` True. The reason names the phase (``_CONDITION`` below is the
+whole mapping) and is also the word the phase history records. Conditions follow the
 Kubernetes API conventions ("Typical status properties": ``type``, ``status``,
 ``reason``, ``message``, ``lastTransitionTime``), https://github.com/kubernetes/community/
 blob/master/contributors/devel/sig-architecture/api-conventions.md#typical-status-properties
@@ -37,6 +38,8 @@ FAILED_TYPE: Final = "Failed"
 
 REASON_PERMANENT_FAILURE: Final = "PermanentFailure"
 REASON_RETRYABLE_FAILURE: Final = "RetryableFailure"
+REASON_SIGNALED: Final = "Signaled"
+REASON_TIMED_OUT: Final = "TimedOut"
 
 # phase -> (condition type that is True, its reason)
 _CONDITION: Final[dict[Phase, tuple[str, str]]] = {
@@ -57,6 +60,7 @@ _PROGRESSING_PHASE: Final = {
 _FAILED_PHASE: Final = {"TimedOut": TIMED_OUT, "Aborted": ABORTED}
 
 _NAMES: Final = {v: phase_pb2.ActionPhase.Name(v).removeprefix("ACTION_PHASE_") for v in KNOWN}
+_BY_NAME: Final = {n: v for v, n in _NAMES.items()}
 
 
 def is_terminal(phase: Phase) -> bool:
@@ -68,8 +72,18 @@ def name(phase: Phase) -> str:
     return _NAMES.get(phase, str(phase))
 
 
+def value_of(short_name: str, default: Phase) -> Phase:
+    """The phase ``name`` gives ``short_name``; ``default`` for an unknown one."""
+    return _BY_NAME.get(short_name, default)
+
+
 def phase_of(status: dict[str, Any] | None) -> Phase:
-    """The phase recorded in ``status.conditions``; UNSPECIFIED when none is True."""
+    """The phase recorded in ``status.conditions``; UNSPECIFIED when none is True.
+
+    First match: ``Succeeded`` True is SUCCEEDED (RECOVERED for this service's own
+    ``Recovered``); ``Failed`` True is TIMED_OUT for ``TimedOut``, ABORTED for ``Aborted``,
+    else FAILED; ``Progressing`` True maps its reason (a reason outside the table, such as
+    the executor's ``RetryableFailure`` during an in-place retry, counts as RUNNING)."""
     if not status:
         return UNSPECIFIED
     progressing: str | None = None
@@ -89,24 +103,32 @@ def phase_of(status: dict[str, Any] | None) -> Phase:
     return _PROGRESSING_PHASE.get(progressing, RUNNING)
 
 
+def reason_of(phase: Phase, reason: str | None = None) -> str:
+    """The executor's word for ``phase``: the reason of its True condition, also what the
+    phase history records. ``reason`` overrides it (``Signaled``, ``RetryableFailure``)."""
+    return reason or _CONDITION[phase][1]
+
+
 def conditions_for(
     phase: Phase,
     now: str,
     previous: list[dict[str, Any]] | None = None,
     *,
     message: str = "",
-    failure_reason: str | None = None,
+    reason: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The three conditions for ``phase``. ``lastTransitionTime`` moves only for a
-    condition whose status flips, as Kubernetes conventions ask."""
-    ctype, reason = _CONDITION[phase]
-    if phase == FAILED and failure_reason:
-        reason = failure_reason
+    """The conditions Flyte's executor writes for ``phase``: ``Progressing`` True with the
+    phase's reason while it is live; once terminal, ``Progressing`` False and
+    ``Succeeded`` or ``Failed`` True, both with the terminal reason. ``lastTransitionTime``
+    moves only for a condition whose status flips, as Kubernetes conventions ask."""
+    ctype = _CONDITION[phase][0]
+    word = reason_of(phase, reason)
     before = {c.get("type"): c for c in previous or ()}
+    wanted = [(PROGRESSING, "True" if ctype == PROGRESSING else "False")]
+    if ctype != PROGRESSING:
+        wanted.append((ctype, "True"))
     out: list[dict[str, Any]] = []
-    for t in (PROGRESSING, SUCCEEDED_TYPE, FAILED_TYPE):
-        status = "True" if t == ctype else "False"
-        cond_reason = reason if t == ctype or t == PROGRESSING else "NotReached"
+    for t, status in wanted:
         old = before.get(t)
         if old is None or old.get("status") != status:
             transition_time = now
@@ -116,8 +138,8 @@ def conditions_for(
             {
                 "type": t,
                 "status": status,
-                "reason": cond_reason,
-                "message": message if t == ctype else "",
+                "reason": word,
+                "message": message,
                 "lastTransitionTime": transition_time,
             }
         )

@@ -24,6 +24,8 @@ from actions.store.errors import StoreError
 
 SQLITE_HEADER: Final = b"SQLite format 3\x00"
 CRD_NAME: Final = "taskactions.flyte.org"
+TRACE_CRD_PLURAL: Final = "actiontraces"
+TRACE_CRD_NAME: Final = "actiontraces.flyte.org"
 CRD_GROUP: Final = "flyte.org"
 CRD_VERSION: Final = "v1"
 CRD_PLURAL: Final = "taskactions"
@@ -185,10 +187,18 @@ def check_kubernetes(
         resources = None
     except Exception as exc:  # urllib3 or OSError: not reachable; the store retries
         return f"{where} unreachable: {_transport_reason(exc)}"
-    if resources is None or CRD_PLURAL not in {r.name for r in resources.resources or []}:
+    served = set() if resources is None else {r.name for r in resources.resources or []}
+    if CRD_PLURAL not in served:
         raise StartupError(
             f"CRD {CRD_NAME} is not installed on {where} (apply k8s/crd.yaml, or check "
             "actions.kubernetes.context)"
+        )
+    if TRACE_CRD_PLURAL not in served:
+        # Next to Flyte, whose chart installs the TaskAction CRD, only the trace kind
+        # may be missing.
+        raise StartupError(
+            f"CRD {TRACE_CRD_NAME} is not installed on {where} (apply the TraceAction "
+            "document of k8s/crd.yaml, or check actions.kubernetes.context)"
         )
     try:
         client.CoreV1Api(api_client).read_namespace(namespace, _request_timeout=timeouts)

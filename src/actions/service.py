@@ -127,10 +127,14 @@ class ActionsService:
         fanout: FanOut | None = None,
         *,
         namespace: str = "flyte",
+        resolve_conditions: bool = True,
     ) -> None:
         self._store = store
         self._fanout = fanout
         self.namespace = namespace
+        # No executor runs next to this service (``actions.executor: none``): Signal
+        # resolves a condition itself, as Flyte's executor would.
+        self.resolve_conditions = resolve_conditions
 
     def bind(self, store: Store | None, fanout: FanOut | None) -> None:
         self._store = store
@@ -146,6 +150,7 @@ class ActionsService:
 
     async def enqueue(self, request: pb.EnqueueRequest, ctx: RequestContext) -> pb.EnqueueResponse:
         validate(request)
+        objects.check_fits(request)
         action = request.action
         if action.WhichOneof("spec") == objects.TYPE_CONDITION:
             ctype = action.condition.type
@@ -164,10 +169,15 @@ class ActionsService:
                     if parent["metadata"].get("deletionTimestamp"):
                         # What create would say (the owner is terminating), said early.
                         raise OwnerTerminating(pname)
-                new = objects.new_object(request, self.namespace, parent)
-                # Created with its starting phase in one step (create drops status).
-                status = objects.initial_status(new, action, timefmt.now())
-                await store.create_with_status(new, status)
+                if objects.action_type_of(action) == objects.TYPE_TRACE:
+                    if parent is None:
+                        raise invalid("action.parent_action_name", "a trace needs a parent")
+                    await store.create(objects.new_trace_object(request, self.namespace, parent))
+                else:
+                    new = objects.new_object(request, self.namespace, parent)
+                    # Created with its starting phase in one step (create drops status).
+                    status = objects.initial_status(new, action, timefmt.now())
+                    await store.create_with_status(new, status)
             except AlreadyExists:
                 raise RpcError(
                     Code.ALREADY_EXISTS, f"action {action.action_id.name!r} already exists"
@@ -272,7 +282,9 @@ class ActionsService:
                     Code.NOT_FOUND,
                     f"action {action_id.name!r} is not a child of {request.parent_action_name!r}",
                 )
-            return transitions.apply_signal(obj, request.value, signalled_by)
+            return transitions.apply_signal(
+                obj, request.value, signalled_by, resolve=self.resolve_conditions
+            )
 
         await self._write_status(naming.object_name(action_id), action_id, change)
         return pb.SignalResponse()

@@ -7,14 +7,13 @@ pure, they are re-run unchanged on a fresh read after a write conflict.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
-from flyteidl2.core.catalog_pb2 import CatalogCacheStatus
+from flyteidl2.common.identity_pb2 import EnrichedIdentity
 from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.types_pb2 import SimpleType
 from flyteidl2.workflow.run_definition_pb2 import ActionStatus, ConditionAction
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import objects, phases, timefmt
@@ -32,19 +31,22 @@ _SIGNAL_KINDS: dict[int, str] = {
 }
 
 
-def _cache_status_name(value: int) -> str:
-    return CatalogCacheStatus.Name(value) if value in CatalogCacheStatus.values() else str(value)
-
-
-def set_phase(status: Status, phase: phases.Phase, now: str, *, message: str = "") -> None:
-    """Record ``phase`` in conditions and, when it changes, in the phase history."""
-    before = phases.phase_of(status)
+def set_phase(
+    status: Status, phase: phases.Phase, now: str, *, message: str = "", reason: str | None = None
+) -> None:
+    """Record ``phase`` in conditions and in the phase history, in the executor's words
+    (``Queued``, ``Executing``, ``Completed`` ...); the history, like the executor's, is
+    append-only and never repeats its last entry."""
     status["conditions"] = phases.conditions_for(
-        phase, now, status.get("conditions"), message=message
+        phase, now, status.get("conditions"), message=message, reason=reason
     )
-    if before != phase:
-        history = list(status.get("phaseHistory") or ())
-        history.append({"phase": phases.name(phase), "occurredAt": now})
+    word = phases.reason_of(phase, reason)
+    history = list(status.get("phaseHistory") or ())
+    if not history or history[-1].get("phase") != word:
+        entry: dict[str, Any] = {"phase": word, "occurredAt": now}
+        if message:
+            entry["message"] = message
+        history.append(entry)
         status["phaseHistory"] = history
 
 
@@ -55,8 +57,10 @@ def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) ->
     recorded is FAILED_PRECONDITION (a superseded executor). A terminal phase is final:
     repeating it, or leaving the phase unset, is a no-op; moving elsewhere is
     FAILED_PRECONDITION. Otherwise the phase moves (unset keeps the current one), the
-    attempt count only grows, and the cache status and the optional start time, end
-    time and duration replace what was stored.
+    attempt count only grows and the cache status (its enum number, as the executor
+    writes it) replaces what was stored. Start and end time and duration are checked but
+    not stored: the executor's status has no place for them (its whole-status writes
+    would erase them), and the object's creation time and phase history say as much.
     """
     stored: Status = obj.get("status") or {}
     current = objects.phase_of_object(obj)
@@ -86,13 +90,11 @@ def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) ->
     if not stored.get("conditions") or target != current:
         set_phase(new, target, now)
     new["attempts"] = max(stored_attempts, attempt, update.attempts)
-    new["cacheStatus"] = _cache_status_name(update.cache_status)
+    new["cacheStatus"] = int(update.cache_status)
     if update.HasField("start_time"):
-        new["startTime"] = _timestamp("status.start_time", update.start_time)
+        _timestamp("status.start_time", update.start_time)
     if update.HasField("end_time"):
-        new["endTime"] = _timestamp("status.end_time", update.end_time)
-    if update.HasField("duration_ms"):
-        new["durationMs"] = update.duration_ms
+        _timestamp("status.end_time", update.end_time)
     return None if new == stored else new
 
 
@@ -138,10 +140,19 @@ def same_signal(a: Literal, b: Literal) -> bool:
     return bool(getattr(pa, kind) == getattr(pb, kind))
 
 
+def subject_of(identity: EnrichedIdentity | None) -> str:
+    """The principal's subject (a user's, else an application's); empty when unknown."""
+    if identity is None:
+        return ""
+    return identity.user.id.subject or identity.application.id.subject
+
+
 def apply_signal(
     obj: objects.KubeObject,
     value: Literal,
-    signalled_by: Message | None,
+    signalled_by: EnrichedIdentity | None,
+    *,
+    resolve: bool,
 ) -> Status | None:
     """The status after a ``Signal``, or None when it changes nothing.
 
@@ -149,7 +160,10 @@ def apply_signal(
     concrete bool, int, float or string literal of the condition's declared simple type
     (else INVALID_ARGUMENT). The same value again is a no-op; another value, or a signal
     to a condition already terminal, is FAILED_PRECONDITION. The signal records the
-    value, when and (if known) by whom, and makes the condition SUCCEEDED.
+    value (``signalValue``), when (``signalledAt``) and by whom (``signalledBy``, the
+    subject), where Flyte's executor looks for them. ``resolve``: no executor runs, so
+    this service also moves the condition to SUCCEEDED (reason ``Signaled``), as the
+    executor would on its next round.
     """
     spec = obj.get("spec") or {}
     if spec.get("actionType") != objects.TYPE_CONDITION:
@@ -164,7 +178,7 @@ def apply_signal(
             f"is a {kind} but the condition declares {SimpleType.Name(declared)}",
         )
     stored: Status = obj.get("status") or {}
-    previous = (stored.get("signal") or {}).get("value")
+    previous = stored.get("signalValue")
     if previous:
         if same_signal(objects.literal_of(previous), value):
             return None
@@ -176,13 +190,51 @@ def apply_signal(
         raise RpcError(Code.FAILED_PRECONDITION, f"condition is already {phases.name(current)}")
     new = dict(stored)  # top-level keys only change, as in apply_update
     now = timefmt.now()
-    signal: dict[str, Any] = {
-        "value": objects.b64(value.SerializeToString(deterministic=True)),
-        "signalledAt": now,
-    }
-    if signalled_by is not None:
-        signal["signalledBy"] = json_format.MessageToDict(signalled_by)
-    new["signal"] = signal
-    set_phase(new, phases.SUCCEEDED, now)
-    new.setdefault("endTime", now)
+    new["signalValue"] = objects.b64(value.SerializeToString(deterministic=True))
+    new["signalledAt"] = now
+    subject = subject_of(signalled_by)
+    if subject:
+        new["signalledBy"] = subject
+    if resolve:
+        set_phase(new, phases.SUCCEEDED, now, reason=phases.REASON_SIGNALED)
+    return new
+
+
+CONDITION_TIMED_OUT = "ConditionTimedOut"
+
+
+def condition_deadline(obj: objects.KubeObject) -> datetime | None:
+    """When a condition times out (its creation plus the ConditionAction's timeout), or
+    None: not a condition, no timeout, or no creation time."""
+    spec = obj.get("spec") or {}
+    created = (obj.get("metadata") or {}).get("creationTimestamp")
+    if spec.get("actionType") != objects.TYPE_CONDITION or not spec.get("conditionSpec"):
+        return None
+    if not created:
+        return None
+    cond = ConditionAction()
+    cond.ParseFromString(objects.unb64(spec["conditionSpec"]))
+    if not cond.HasField("timeout") or cond.timeout.ToTimedelta() <= timedelta(0):
+        return None
+    try:
+        start = datetime.fromisoformat(str(created))
+    except ValueError:
+        return None
+    return start + cond.timeout.ToTimedelta()
+
+
+def apply_condition_timeout(obj: objects.KubeObject, now: datetime) -> Status | None:
+    """The status of a condition past its timeout with no signal: TIMED_OUT, as Flyte's
+    executor writes it (``Failed`` True, reason ``TimedOut``, ``errorState`` code
+    ``ConditionTimedOut``). None when it is not due: signalled, terminal, or in time."""
+    deadline = condition_deadline(obj)
+    stored: Status = obj.get("status") or {}
+    if deadline is None or now < deadline or stored.get("signalValue"):
+        return None
+    if phases.is_terminal(objects.phase_of_object(obj)):
+        return None
+    new = dict(stored)
+    message = "condition was not signalled before its timeout"
+    set_phase(new, phases.TIMED_OUT, timefmt.now(), message=message)
+    new["errorState"] = {"code": CONDITION_TIMED_OUT, "kind": "USER", "message": message}
     return new

@@ -34,9 +34,13 @@ def obj(
     domain: str = "d",
 ) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"{run}-{name}", "namespace": "flyte", "resourceVersion": str(rv)},
+        "metadata": {
+            "name": f"{run}-{name}",
+            "namespace": "flyte",
+            "resourceVersion": str(rv),
+            "annotations": {"flyte.org/org": org},  # the executor's spec has no org
+        },
         "spec": {
-            "org": org,
             "project": project,
             "domain": domain,
             "runName": run,

@@ -60,7 +60,8 @@ def test_kustomize_build_places_everything_in_flyte():
     assert kinds == sorted(
         [
             "ConfigMap",
-            "CustomResourceDefinition",
+            "CustomResourceDefinition",  # TaskAction
+            "CustomResourceDefinition",  # TraceAction
             "Deployment",
             "Namespace",
             "Role",
@@ -76,7 +77,7 @@ def test_kustomize_build_places_everything_in_flyte():
 
 
 def test_crd_shape():
-    crd = _by_kind()["CustomResourceDefinition"]
+    crd = _docs(K8S / "crd.yaml")[0]
     spec = crd["spec"]
     assert crd["metadata"]["name"] == "taskactions.flyte.org"
     assert spec["group"] == "flyte.org" and spec["scope"] == "Namespaced"
@@ -106,6 +107,9 @@ def test_crd_shape():
         "Project": ".spec.project",
         "Domain": ".spec.domain",
         "Cache": ".status.cacheStatus",
+        "Progressing": '.status.conditions[?(@.type=="Progressing")].status',
+        "Succeeded": '.status.conditions[?(@.type=="Succeeded")].status',
+        "Failed": '.status.conditions[?(@.type=="Failed")].status',
     }
     schema = version["schema"]["openAPIV3Schema"]
     spec_props = schema["properties"]["spec"]["properties"]
@@ -129,11 +133,65 @@ def test_crd_shape():
     ):
         assert field in spec_props, field
     status_props = schema["properties"]["status"]["properties"]
-    for field in ("conditions", "phaseHistory", "attempts", "cacheStatus", "errorState", "signal"):
-        assert field in status_props, field
-    assert status_props["errorState"]["properties"]["kind"]["enum"] == ["USER", "SYSTEM"]
-    # Structural: preserve-unknown-fields only where the content is free-form.
-    assert _preserve_paths(schema) == ["status.signal.signalledBy"]
+    # Flyte's executor's schema, field for field: nothing else in spec or status.
+    assert sorted(spec_props) == sorted(EXECUTOR_SPEC)
+    assert sorted(schema["properties"]["status"]["properties"]) == sorted(EXECUTOR_STATUS)
+    assert sorted(schema["properties"]["spec"]["required"]) == [
+        "actionName",
+        "domain",
+        "project",
+        "runName",
+    ]
+    assert spec_props["actionType"]["enum"] == ["task", "condition"]
+    for field, (low, high) in {
+        "runName": (1, 30),
+        "actionName": (1, 30),
+        "parentActionName": (1, 30),
+        "project": (1, 63),
+        "domain": (1, 63),
+    }.items():
+        assert (spec_props[field]["minLength"], spec_props[field]["maxLength"]) == (low, high)
+    status_props = schema["properties"]["status"]["properties"]
+    assert status_props["cacheStatus"]["type"] == "integer"
+    assert status_props["signalValue"]["format"] == "byte"
+    # Structural, and nothing unknown is preserved: the API server prunes it.
+    assert _preserve_paths(schema) == []
+
+
+EXECUTOR_SPEC = (
+    "runName",
+    "project",
+    "domain",
+    "actionName",
+    "parentActionName",
+    "actionType",
+    "conditionSpec",
+    "inputUri",
+    "runOutputBase",
+    "cacheKey",
+    "taskType",
+    "shortName",
+    "taskTemplate",
+    "envVars",
+    "interruptible",
+    "group",
+)
+EXECUTOR_STATUS = (
+    "stateJson",
+    "pluginState",
+    "pluginStateVersion",
+    "pluginPhase",
+    "pluginPhaseVersion",
+    "attempts",
+    "systemFailures",
+    "cacheStatus",
+    "conditions",
+    "phaseHistory",
+    "errorState",
+    "signalValue",
+    "signalledBy",
+    "signalledAt",
+)
 
 
 def _preserve_paths(schema: dict, path: str = "") -> list[str]:
@@ -146,13 +204,12 @@ def _preserve_paths(schema: dict, path: str = "") -> list[str]:
 
 
 def _full_taskaction() -> dict:
-    """Every spec and status field the service writes (src/actions/mapping.py, transitions.py)."""
+    """Every spec and status field of the executor's TaskAction."""
     return {
         "apiVersion": "flyte.org/v1",
         "kind": "TaskAction",
-        "metadata": {"name": "org.p.d.r1.a0", "labels": {"flyte.org/run": "r1"}},
+        "metadata": {"name": "r1-a0-0123456789ab", "labels": {"flyte.org/run": "r1"}},
         "spec": {
-            "org": "org",
             "project": "p",
             "domain": "d",
             "runName": "r1",
@@ -162,41 +219,38 @@ def _full_taskaction() -> dict:
             "inputUri": "s3://b/in",
             "runOutputBase": "s3://b/out",
             "group": "g",
-            "subject": "user",
             "taskType": "python",
             "shortName": "t",
             "cacheKey": "k",
-            "queue": "q",
             "taskTemplate": "AAEC",
             "conditionSpec": "AA==",
-            "traceSpec": "AA==",
-            "traceOutputUri": "s3://b/t",
-            "runSpec": "AA==",
             "envVars": {"A": "1"},
             "interruptible": True,
         },
         "status": {
+            "stateJson": "{}",
+            "pluginState": "AAEC",
+            "pluginStateVersion": 1,
+            "pluginPhase": "Running",
+            "pluginPhaseVersion": 2,
             "conditions": [
                 {
                     "type": "Succeeded",
                     "status": "True",
-                    "reason": "Done",
+                    "reason": "Completed",
                     "message": "",
                     "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "observedGeneration": 1,
                 }
             ],
-            "phaseHistory": [{"phase": "QUEUED", "occurredAt": "2026-01-01T00:00:00Z"}],
+            "phaseHistory": [{"phase": "Queued", "occurredAt": "2026-01-01T00:00:00Z"}],
             "attempts": 2,
-            "cacheStatus": "CACHE_MISS",
-            "startTime": "2026-01-01T00:00:00Z",
-            "endTime": "2026-01-01T00:00:01Z",
-            "durationMs": 1000,
+            "systemFailures": 0,
+            "cacheStatus": 1,
             "errorState": {"code": "E1", "kind": "USER", "message": "boom"},
-            "signal": {
-                "value": "AA==",
-                "signalledAt": "2026-01-01T00:00:00Z",
-                "signalledBy": {"user": {"name": "x"}},
-            },
+            "signalValue": "AA==",
+            "signalledBy": "user",
+            "signalledAt": "2026-01-01T00:00:00Z",
         },
     }
 
@@ -286,6 +340,11 @@ def test_rbac_is_least_privilege():
             "apiGroups": ["flyte.org"],
             "resources": ["taskactions/status"],
             "verbs": ["get", "update", "patch"],
+        },
+        {
+            "apiGroups": ["flyte.org"],
+            "resources": ["actiontraces"],
+            "verbs": ["get", "list", "watch", "create", "patch", "delete"],
         },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
     ]

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from actions import naming
 
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
@@ -55,45 +55,37 @@ def test_output_uri_uses_attempt() -> None:
     assert naming.output_uri("flyte", "r1-a0", "s3://b/r", "a0", 3) == "s3://b/xt/r/a0/3"
 
 
-def test_readable_name_when_every_part_is_a_label() -> None:
-    assert naming.object_name(ident("org", "proj", "development", "r1", "a0")) == (
-        "org.proj.development.r1.a0"
-    )
-    assert naming.object_name(ident("", "proj", "dev", "r1", "a0")) == "proj.dev.r1.a0"
+def test_name_is_run_and_action_then_a_hash_of_the_identity() -> None:
+    name = naming.object_name(ident("org", "proj", "development", "r1", "a0"))
+    assert re.fullmatch(r"r1-a0-[0-9a-f]{12}", name)
+    assert naming.object_name(ident("", "proj", "dev", "r1", "a0")) != name
 
 
-def test_invalid_parts_are_cleaned_and_hashed() -> None:
-    name = naming.object_name(ident("o", "My_Project", "dev", "r1", "a0"))
-    first = name.split(".")[1]
-    assert first.startswith("my-project-")
-    assert first == f"my-project-{naming.short_hash('My_Project')}"
-    assert DNS_SUBDOMAIN.match(name)
+def test_invalid_parts_are_cleaned() -> None:
+    name = naming.object_name(ident("o", "p", "dev", "My_Run", "A.0"))
+    assert name.startswith("my-run-a-0-")
+    assert DNS_1035_LABEL.match(name)
+
+
+def test_name_starts_with_a_letter() -> None:
+    # Services named after the executor's pods must be DNS-1035 labels.
+    assert naming.object_name(ident("o", "p", "d", "123", "4")).startswith("x123-4-")
+    assert naming.object_name(ident("o", "p", "d", "_", "_")).startswith("x-")
 
 
 def test_runs_in_different_projects_or_domains_do_not_collide() -> None:
     a = naming.object_name(ident("o", "p1", "dev", "r", "a0"))
     b = naming.object_name(ident("o", "p2", "dev", "r", "a0"))
     c = naming.object_name(ident("o", "p1", "prod", "r", "a0"))
-    assert len({a, b, c}) == 3
+    d = naming.object_name(ident("o2", "p1", "dev", "r", "a0"))
+    assert len({a, b, c, d}) == 4
 
 
-def test_cleaned_part_cannot_equal_a_valid_part() -> None:
-    # A valid part that looks like an encoded one is encoded as well.
-    encoded = f"abc-{naming.short_hash('ABC')}"
-    assert naming.name_part("ABC") == encoded
-    assert naming.name_part(encoded) != encoded
-    assert naming.object_name(ident("o", "p", "d", "ABC", "a")) != naming.object_name(
-        ident("o", "p", "d", encoded, "a")
-    )
-    assert naming.name_part("___").startswith("x-")
-
-
-def test_longest_identifiers_fit_253() -> None:
+def test_longest_identifiers_leave_room_for_the_pod_suffix() -> None:
     long63 = "A" * 63
     name = naming.object_name(ident(long63, long63, long63, "R" * 30, "B" * 30))
-    assert len(name) <= 253 and DNS_SUBDOMAIN.match(name)
-    valid = naming.object_name(ident("a" * 63, "b" * 63, "c" * 63, "r" * 30, "d" * 30))
-    assert len(valid) == 253
+    assert len(name) == naming.MAX_OBJECT_NAME and DNS_1035_LABEL.match(name)
+    assert len(f"{name}-{10**9}") <= 63
 
 
 part = st.text(
@@ -106,13 +98,12 @@ short = st.text(
 
 @settings(max_examples=300, deadline=None)
 @given(org=part, project=part, domain=part, run=short, action=short)
-def test_names_are_valid_subdomains(
+def test_names_are_short_dns_1035_labels(
     org: str, project: str, domain: str, run: str, action: str
 ) -> None:
     name = naming.object_name(ident(org, project, domain, run, action))
-    assert len(name) <= 253
-    assert DNS_SUBDOMAIN.match(name), name
-    assert all(len(p) <= 63 for p in name.split("."))
+    assert len(name) <= naming.MAX_OBJECT_NAME
+    assert DNS_1035_LABEL.match(name), name
     assert name == naming.object_name(ident(org, project, domain, run, action))
 
 

@@ -13,16 +13,16 @@ from flyteidl2.workflow.run_definition_pb2 import TraceAction
 
 from actions import objects, phases
 
-# What a reader of status.conditions (kubectl, an executor) sees for each phase:
-# phase -> (the condition type that is True, its reason or None = any)
+# What a reader of status.conditions (kubectl, Flyte's executor) sees for each phase, in
+# the executor's own words: phase -> (the condition type that is True, its reason)
 TABLE = {
     P.ACTION_PHASE_QUEUED: ("Progressing", "Queued"),
     P.ACTION_PHASE_WAITING_FOR_RESOURCES: ("Progressing", "WaitingForResources"),
     P.ACTION_PHASE_INITIALIZING: ("Progressing", "Initializing"),
     P.ACTION_PHASE_RUNNING: ("Progressing", "Executing"),
     P.ACTION_PHASE_PAUSED: ("Progressing", "Paused"),
-    P.ACTION_PHASE_SUCCEEDED: ("Succeeded", None),
-    P.ACTION_PHASE_FAILED: ("Failed", None),
+    P.ACTION_PHASE_SUCCEEDED: ("Succeeded", "Completed"),
+    P.ACTION_PHASE_FAILED: ("Failed", "PermanentFailure"),
     P.ACTION_PHASE_TIMED_OUT: ("Failed", "TimedOut"),
     P.ACTION_PHASE_ABORTED: ("Failed", "Aborted"),
 }
@@ -35,10 +35,16 @@ def test_phase_to_conditions_table(phase: int) -> None:
     assert len(true) == 1
     ctype, reason = TABLE[phase]
     assert true[0]["type"] == ctype
-    if reason is not None:
-        assert true[0]["reason"] == reason
-    assert {c["type"] for c in conds} == {"Progressing", "Succeeded", "Failed"}
-    assert all(c["lastTransitionTime"] for c in conds)
+    assert true[0]["reason"] == reason
+    # As the executor writes them: Progressing always, False once terminal, with the
+    # terminal reason; every condition has a reason, a message and a transition time.
+    progressing = next(c for c in conds if c["type"] == "Progressing")
+    if ctype != "Progressing":
+        assert progressing["status"] == "False" and progressing["reason"] == reason
+        assert {c["type"] for c in conds} == {"Progressing", ctype}
+    else:
+        assert [c["type"] for c in conds] == ["Progressing"]
+    assert all(c["lastTransitionTime"] and "message" in c and c["reason"] for c in conds)
 
 
 @pytest.mark.parametrize("phase", sorted(phases.KNOWN - {P.ACTION_PHASE_UNSPECIFIED}))
@@ -65,16 +71,11 @@ def test_terminal_phases() -> None:
 def test_transition_time_moves_only_on_flip() -> None:
     first = phases.conditions_for(P.ACTION_PHASE_QUEUED, "t1")
     second = phases.conditions_for(P.ACTION_PHASE_RUNNING, "t2", first)
-    assert {c["type"]: c["lastTransitionTime"] for c in second} == {
-        "Progressing": "t1",
-        "Succeeded": "t1",
-        "Failed": "t1",
-    }
+    assert {c["type"]: c["lastTransitionTime"] for c in second} == {"Progressing": "t1"}
     third = phases.conditions_for(P.ACTION_PHASE_SUCCEEDED, "t3", second)
     assert {c["type"]: c["lastTransitionTime"] for c in third} == {
         "Progressing": "t3",
         "Succeeded": "t3",
-        "Failed": "t1",
     }
 
 
@@ -82,8 +83,8 @@ def test_no_conditions_is_unspecified_and_reads_as_initial_phase() -> None:
     assert phases.phase_of({}) == P.ACTION_PHASE_UNSPECIFIED
     for action_type, phase in (
         ("task", P.ACTION_PHASE_QUEUED),
+        ("", P.ACTION_PHASE_QUEUED),  # the executor's "empty means task"
         ("condition", P.ACTION_PHASE_PAUSED),
-        ("trace", P.ACTION_PHASE_SUCCEEDED),
     ):
         obj = {"spec": {"actionType": action_type}}
         assert objects.phase_of_object(obj) == phase
@@ -103,17 +104,28 @@ def test_new_object_for_root_task() -> None:
     assert "ownerReferences" not in obj["metadata"]
     assert obj["spec"]["envVars"] == {"K": "V"}
     assert "parentActionName" not in obj["spec"]
-    assert obj["spec"]["runSpec"]
+    # Only the executor's spec fields; the org is an annotation (and a label).
+    assert "org" not in obj["spec"]
+    assert obj["metadata"]["annotations"]["flyte.org/org"] == "o"
 
 
 def test_new_object_child_inherits_from_parent_object() -> None:
     parent = _stored(objects.new_object(task_req(aid("a0")), "flyte", None))
-    parent["spec"].update(envVars={"X": "1"}, interruptible=False, runSpec="AA==")
+    parent["spec"].update(envVars={"X": "1"}, interruptible=False)
+    parent["metadata"]["labels"]["team"] = "ml"
+    parent["metadata"]["annotations"].update({"note": "n", "flyte.org/subject": "parent-subject"})
     child = objects.new_object(task_req(aid("c1"), parent="a0"), "flyte", parent)
     assert child["spec"]["envVars"] == {"X": "1"}
     assert child["spec"]["interruptible"] is False
-    assert child["spec"]["runSpec"] == "AA=="
     assert child["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert child["metadata"]["labels"]["team"] == "ml"
+    assert child["metadata"]["labels"]["flyte.org/action"] == "c1"
+    assert child["metadata"]["annotations"]["note"] == "n"
+    # The service's own keys are the child's own, never copied from the parent.
+    assert "flyte.org/subject" not in child["metadata"]["annotations"]
+    cond = objects.new_object(condition_req(aid("k1"), "a0"), "flyte", parent)
+    assert "team" not in cond["metadata"]["labels"]  # conditions inherit nothing
+    assert "envVars" not in cond["spec"]
 
 
 def test_action_update_from_object() -> None:
@@ -163,17 +175,19 @@ def test_condition_and_trace_objects() -> None:
     cond = objects.new_object(condition_req(aid("k1"), "a0"), "flyte", None)
     assert cond["spec"]["actionType"] == "condition"
     assert "taskTemplate" not in cond["spec"]
+    parent = _stored(objects.new_object(task_req(aid("a0")), "flyte", None))
     req = trace_req(aid("t1"), "a0", phase=P.ACTION_PHASE_FAILED, start_time={"seconds": 5})
-    trace = objects.new_object(req, "flyte", None)
-    assert trace["spec"]["actionType"] == "trace"
+    trace = objects.new_trace_object(req, "flyte", parent)
+    assert trace["kind"] == "TraceAction"  # never a TaskAction
+    assert trace["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     stored = TraceAction.FromString(base64.b64decode(trace["spec"]["traceSpec"]))
     assert stored.outputs.output_uri == "s3://bucket/trace/out"
-    status = objects.initial_status(trace, req.action, "now")
-    assert phases.phase_of(status) == P.ACTION_PHASE_FAILED  # a reported terminal phase stays
-    assert status["startTime"].startswith("1970-01-01T00:00:05")
-    plain = trace_req(aid("t2"), "a0")
-    status = objects.initial_status(objects.new_object(plain, "flyte", None), plain.action, "now")
-    assert phases.phase_of(status) == P.ACTION_PHASE_SUCCEEDED
+    assert objects.phase_of_object(trace) == P.ACTION_PHASE_FAILED  # a reported terminal phase
+    assert trace["spec"]["startTime"].startswith("1970-01-01T00:00:05")
+    assert objects.output_uri_of(trace, "flyte") == "s3://bucket/trace/out"
+    plain = objects.new_trace_object(trace_req(aid("t2"), "a0"), "flyte", parent)
+    assert objects.phase_of_object(plain) == P.ACTION_PHASE_SUCCEEDED
+    assert objects.watch_key_of(plain) == objects.WatchKey.for_parent(aid("a0"))
 
 
 def test_watch_key_of_root_is_none() -> None:

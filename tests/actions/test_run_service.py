@@ -77,10 +77,15 @@ def make_obj(
         parent = _fake_parent(
             naming.parent_object_name(action.action_id.run, action.parent_action_name)
         )
+    if action.WhichOneof("spec") == objects.TYPE_TRACE:
+        assert parent is not None
+        obj = objects.new_trace_object(request, NAMESPACE, parent)
+        obj["metadata"].update(resourceVersion=str(rv), creationTimestamp=CREATED, uid="u")
+        return obj
     obj = objects.new_object(request, NAMESPACE, parent)
     obj["metadata"].update(resourceVersion=str(rv), creationTimestamp=CREATED, uid="u")
     if annotations:
-        obj["metadata"]["annotations"] = dict(annotations)
+        obj["metadata"].setdefault("annotations", {}).update(annotations)
     st = objects.initial_status(obj, action, CREATED)
     if phase is not None:
         st["conditions"] = phases.conditions_for(phase, CREATED)

@@ -48,7 +48,7 @@ from flyteidl2.workflow.run_definition_pb2 import ConditionAction
 
 from actions import naming
 from actions.store._meta import MAX_OBJECT_BYTES
-from actions.store.errors import Invalid, OwnerTerminating, TooLarge
+from actions.store.errors import Invalid, NotFound, OwnerTerminating, TooLarge
 from connect_proto._errors import Code, RpcError
 
 P = phase_pb2
@@ -219,7 +219,8 @@ async def test_enqueue_task_object_shape(env: Env) -> None:
     obj = await obj_of(env, child)
     assert obj["apiVersion"] == "flyte.org/v1" and obj["kind"] == "TaskAction"
     assert obj["metadata"]["namespace"] == "flyte"
-    assert obj["metadata"]["name"] == f"{ORG}.{PROJECT}.{DOMAIN}.r1.c1"
+    assert obj["metadata"]["name"] == naming.object_name(child)
+    assert obj["metadata"]["annotations"]["flyte.org/org"] == ORG
     assert obj["metadata"]["ownerReferences"] == [
         {
             "apiVersion": "flyte.org/v1",
@@ -322,8 +323,20 @@ async def test_enqueue_trace_is_stored_succeeded_and_in_a_later_snapshot(env: En
     snap = await snapshot_of(env, root)  # connects after the trace was recorded
     assert snap["t1"].phase == P.ACTION_PHASE_SUCCEEDED
     assert snap["t1"].output_uri == "s3://bucket/trace/out"
-    obj = await obj_of(env, aid("t1"))
+    # Never a TaskAction (the executor would run it): a TraceAction owned by the parent.
+    with pytest.raises(NotFound):
+        await env.store.get(naming.object_name(aid("t1")))
+    listed, _ = await env.store.list(naming.children_selector(root))
+    (obj,) = [o for o in listed if o["spec"]["actionName"] == "t1"]
+    assert obj["kind"] == "TraceAction"
     assert obj["metadata"]["labels"]["flyte.org/action-type"] == "trace"
+    parent = await obj_of(env, root)
+    assert obj["metadata"]["ownerReferences"][0]["uid"] == parent["metadata"]["uid"]
+    # Removed with its parent (ownerReference cascade).
+    await env.client.abort(pb.AbortRequest(action_id=root, reason="done"))
+    with trio.fail_after(10):
+        while (await env.store.list(naming.children_selector(root)))[0]:  # noqa: ASYNC110 - polls the store
+            await trio.sleep(0.05)
 
 
 async def test_enqueue_child_of_missing_parent_is_not_found(env: Env) -> None:
@@ -371,9 +384,10 @@ class _StatusTooLarge:
         return getattr(self._inner, name)
 
     async def create_with_status(self, obj: Any, status: Any) -> Any:
-        # A field the CRD's schema keeps (an API server prunes unknown ones).
-        first = {**status["conditions"][0], "message": "x" * MAX_OBJECT_BYTES}
-        padded = {**status, "conditions": [first, *status["conditions"][1:]]}
+        # A field the CRD's schema keeps (an API server prunes unknown ones), without a
+        # length limit of its own.
+        first = {**status["phaseHistory"][0], "message": "x" * MAX_OBJECT_BYTES}
+        padded = {**status, "phaseHistory": [first, *status["phaseHistory"][1:]]}
         return await self._inner.create_with_status(obj, padded)
 
 
@@ -402,7 +416,7 @@ class _ParentBeingDeleted:
 
     async def get(self, name: str) -> Any:
         obj = await self._inner.get(name)
-        if self._mode == "get" and name.endswith(".a0"):
+        if self._mode == "get" and name == naming.object_name(aid("a0")):
             obj["metadata"]["deletionTimestamp"] = "2026-11-27T00:00:00Z"
         return obj
 
@@ -487,12 +501,12 @@ async def test_update_writes_phase_attempts_cache_and_times(env: Env) -> None:
     await env.client.update(req)
     status = (await obj_of(env, child))["status"]
     assert status["attempts"] == 2
-    assert status["cacheStatus"] == "CACHE_HIT"
-    assert status["startTime"].startswith("2023-11-14T22:13:20")
-    assert status["endTime"].startswith("2023-11-14T22:15:00")
+    assert status["cacheStatus"] == 2  # the enum number, as the executor's schema types it
+    # Start and end time have no place in the executor's status (it would erase them).
+    assert "startTime" not in status and "endTime" not in status
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert (progressing["status"], progressing["reason"]) == ("True", "Executing")
-    assert [h["phase"] for h in status["phaseHistory"]] == ["QUEUED", "RUNNING"]
+    assert [h["phase"] for h in status["phaseHistory"]] == ["Queued", "Executing"]
     assert all(h["occurredAt"] for h in status["phaseHistory"])
     snap = await snapshot_of(env, root)
     assert snap["c1"].phase == P.ACTION_PHASE_RUNNING
@@ -541,7 +555,7 @@ async def test_update_unspecified_phase_keeps_phase_updates_other_fields(env: En
         update_req(child, P.ACTION_PHASE_UNSPECIFIED, attempt=2, attempts=2, cache_status=1)
     )
     status = (await obj_of(env, child))["status"]
-    assert status["attempts"] == 2 and status["cacheStatus"] == "CACHE_MISS"
+    assert status["attempts"] == 2 and status["cacheStatus"] == 1  # CACHE_MISS
     progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
     assert progressing["reason"] == "Initializing"
 
@@ -582,7 +596,8 @@ class _ConflictOnce:
         from actions.store.errors import Conflict
 
         name = obj["metadata"]["name"]
-        if name.endswith(".c1") and name not in self.seen and obj["status"].get("cacheStatus"):
+        target = naming.object_name(aid("c1"))
+        if name == target and name not in self.seen and obj["status"].get("cacheStatus"):
             self.seen.add(name)
             current = await self._inner.get(name)
             # A field the TaskAction schema keeps (an API server prunes unknown ones)
@@ -600,7 +615,7 @@ async def test_update_conflict_is_retried_on_fresh_read(backend: str, mode: str)
         await env.client.update(update_req(child, P.ACTION_PHASE_RUNNING, cache_status=1))
         status = (await obj_of(env, child))["status"]
         assert status["errorState"]["code"] == "COMPETITOR"  # the competing write is kept
-        assert status["cacheStatus"] == "CACHE_MISS"  # and so is ours
+        assert status["cacheStatus"] == 1  # and so is ours (CACHE_MISS)
 
 
 async def test_concurrent_updates_are_not_lost(env: Env) -> None:
@@ -749,7 +764,7 @@ def sig(action_id: Any, value: literals_pb2.Literal, parent: str = "a0") -> pb.S
         action_id=action_id,
         parent_action_name=parent,
         value=value,
-        signalled_by={"user": {"spec": {"email": "ops@x"}}},
+        signalled_by={"user": {"id": {"subject": "ops"}, "spec": {"email": "ops@x"}}},
     )
 
 
@@ -804,10 +819,18 @@ async def test_signal_success_stores_value_and_watchers_see_it(env: Env) -> None
         assert u.action_id.name == "k1"
         assert u.value.scalar.primitive.integer == 42
     status = (await obj_of(env, k))["status"]
-    assert status["signal"]["signalledBy"]["user"]["spec"]["email"] == "ops@x"
-    assert status["signal"]["signalledAt"]
+    # Where Flyte's executor looks: signalValue, signalledBy (the subject), signalledAt.
+    assert (
+        literals_pb2.Literal.FromString(
+            base64.b64decode(status["signalValue"])
+        ).scalar.primitive.integer
+        == 42
+    )
+    assert status["signalledBy"] == "ops"
+    assert status["signalledAt"]
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
-    assert succeeded["status"] == "True"
+    assert (succeeded["status"], succeeded["reason"]) == ("True", "Signaled")
+    assert status["phaseHistory"][-1]["phase"] == "Signaled"
     snap = await snapshot_of(env, aid("a0"))
     assert snap["k1"].value.scalar.primitive.integer == 42
 

@@ -160,7 +160,7 @@ def rv(obj: KubeObject) -> int:
 async def test_create_fills_server_metadata(store: Store) -> None:
     body = action("p.d.r1.a0")
     body["metadata"].update(uid="mine", generation=7, creationTimestamp="1999-01-01T00:00:00Z")
-    body["status"] = {"cacheStatus": "ignored"}
+    body["status"] = {"pluginPhase": "ignored"}
     created = await store.create(body)
     meta = created["metadata"]
     assert meta["name"] == "p.d.r1.a0"
@@ -242,7 +242,7 @@ async def test_latest_follows_writes_and_deletion(store: Store) -> None:
     assert await store.latest("a0") is None
     created = await store.create(action("a0"))
     await eventually(lambda: is_latest("a0", created, store))
-    updated = await store.update_status({**created, "status": {"cacheStatus": "RUNNING"}})
+    updated = await store.update_status({**created, "status": {"pluginPhase": "RUNNING"}})
     await eventually(lambda: is_latest("a0", updated, store))
     await store.delete("a0")
     await eventually(lambda: is_latest("a0", None, store))
@@ -300,11 +300,11 @@ async def test_list_rejects_invalid_selector(store: Store) -> None:
 
 async def test_update_status_replaces_status_only(store: Store) -> None:
     created = await store.create(action("a0"))
-    body = {**created, "status": {"cacheStatus": "QUEUED"}}
+    body = {**created, "status": {"pluginPhase": "QUEUED"}}
     body["spec"] = spec_for("a0", group="tampered")
     body["metadata"] = {**created["metadata"], "labels": {"tampered": "yes"}}
     updated = await store.update_status(body)
-    assert updated["status"] == {"cacheStatus": "QUEUED"}
+    assert updated["status"] == {"pluginPhase": "QUEUED"}
     assert updated["spec"] == created["spec"]
     assert updated["metadata"]["labels"] == created["metadata"]["labels"]
     assert updated["metadata"]["generation"] == 1
@@ -314,24 +314,24 @@ async def test_update_status_replaces_status_only(store: Store) -> None:
 
 async def test_update_status_without_status_removes_it(store: Store) -> None:
     created = await store.create(action("a0"))
-    updated = await store.update_status({**created, "status": {"cacheStatus": "QUEUED"}})
+    updated = await store.update_status({**created, "status": {"pluginPhase": "QUEUED"}})
     cleared = await store.update_status({k: v for k, v in updated.items() if k != "status"})
     assert "status" not in cleared
 
 
 async def test_update_status_stale_rv_is_conflict(store: Store) -> None:
     created = await store.create(action("a0"))
-    await store.update_status({**created, "status": {"cacheStatus": "QUEUED"}})
+    await store.update_status({**created, "status": {"pluginPhase": "QUEUED"}})
     with pytest.raises(Conflict, match="the object has been modified"):
-        await store.update_status({**created, "status": {"cacheStatus": "RUNNING"}})
-    assert (await store.get("a0"))["status"] == {"cacheStatus": "QUEUED"}
+        await store.update_status({**created, "status": {"pluginPhase": "RUNNING"}})
+    assert (await store.get("a0"))["status"] == {"pluginPhase": "QUEUED"}
 
 
 async def test_update_status_missing_object_is_not_found(store: Store) -> None:
     created = await store.create(action("a0"))
     await store.delete("a0")
     with pytest.raises(NotFound):
-        await store.update_status({**created, "status": {"cacheStatus": "QUEUED"}})
+        await store.update_status({**created, "status": {"pluginPhase": "QUEUED"}})
 
 
 async def test_update_status_needs_resource_version(store: Store) -> None:
@@ -343,9 +343,9 @@ async def test_update_status_needs_resource_version(store: Store) -> None:
 
 async def test_noop_update_keeps_rv_and_emits_nothing(store: Store) -> None:
     created = await store.create(action("a0"))
-    updated = await store.update_status({**created, "status": {"cacheStatus": "QUEUED"}})
+    updated = await store.update_status({**created, "status": {"pluginPhase": "QUEUED"}})
     async with watching(store) as events:
-        same = await store.update_status({**updated, "status": {"cacheStatus": "QUEUED"}})
+        same = await store.update_status({**updated, "status": {"pluginPhase": "QUEUED"}})
         assert same == updated
         same = await store.patch_annotations("a0", {})
         assert same == updated
@@ -400,7 +400,7 @@ async def test_object_just_under_the_limit_is_stored(store: Store) -> None:
 
 async def test_update_status_too_large_is_refused_and_changes_nothing(store: Store) -> None:
     created = await store.create(big("a0", MAX_OBJECT_BYTES // 2))
-    body = {**created, "status": {"cacheStatus": "y" * (MAX_OBJECT_BYTES // 2 + 1000)}}
+    body = {**created, "status": {"pluginPhase": "y" * (MAX_OBJECT_BYTES // 2 + 1000)}}
     with pytest.raises(TooLarge) as err:
         await store.update_status(body)
     assert err.value.size is not None and err.value.size > MAX_OBJECT_BYTES
@@ -538,7 +538,7 @@ async def test_dependent_with_a_live_second_owner_survives(store: Store) -> None
 async def test_run_events_reports_every_change_in_order(store: Store) -> None:
     async with watching(store) as events:
         created = await store.create(action("a0"))
-        updated = await store.update_status({**created, "status": {"cacheStatus": "QUEUED"}})
+        updated = await store.update_status({**created, "status": {"pluginPhase": "QUEUED"}})
         patched = await store.patch_annotations("a0", {"x.io/y": "z"})
         await store.delete("a0")
         got = await take(events, 4)
@@ -559,7 +559,7 @@ async def test_run_events_started_means_nothing_later_is_missed(store: Store) ->
 async def test_run_events_since_resumes_exactly(store: Store) -> None:
     a = await store.create(action("a"))
     b = await store.create(action("b"))
-    c = await store.update_status({**a, "status": {"cacheStatus": "RUNNING"}})
+    c = await store.update_status({**a, "status": {"pluginPhase": "RUNNING"}})
     async with watching(store, since=a["metadata"]["resourceVersion"]) as events:
         got = await take(events, 2)
         await assert_quiet(events)

@@ -68,7 +68,7 @@ async def test_gone_relists_and_emits_the_differences() -> None:
         # Cut the watch off (GETs fail, writes go through), change things, compact.
         emu.faults.fail_for(60, 500, path="taskactions", verbs=["GET"])
         emu.close_watches()
-        await store.update_status({**changed, "status": {"cacheStatus": "HIT"}})
+        await store.update_status({**changed, "status": {"pluginPhase": "HIT"}})
         await store.delete("vanished")
         await store.create(action("new"))
         emu.compact()
@@ -86,7 +86,7 @@ async def test_gone_relists_and_emits_the_differences() -> None:
             ("MODIFIED", "changed"),
         ]
         assert next(e for e in got if e.name == "changed").object["status"] == {
-            "cacheStatus": "HIT"
+            "pluginPhase": "HIT"
         }
         assert store.relists == 1
         assert await store.latest("vanished") is None

@@ -93,7 +93,7 @@ class Executor:
         env.update(
             _U_EP_OVERRIDE=self.url,
             _U_INSECURE="true",
-            _U_ORG_NAME=spec["org"],
+            _U_ORG_NAME=obj["metadata"]["annotations"]["flyte.org/org"],  # no org in the spec
             FLYTE_INTERNAL_EXECUTION_PROJECT=spec["project"],
             FLYTE_INTERNAL_EXECUTION_DOMAIN=spec["domain"],
             _U_RUN_BASE=spec["runOutputBase"],

@@ -31,6 +31,7 @@ START_LINE = re.compile(
 K8S_OBJECTS = [
     "namespace/flyte",
     "customresourcedefinition.apiextensions.k8s.io/taskactions.flyte.org",
+    "customresourcedefinition.apiextensions.k8s.io/actiontraces.flyte.org",
     "serviceaccount/actions-service",
     "role.rbac.authorization.k8s.io/actions-service",
     "rolebinding.rbac.authorization.k8s.io/actions-service",

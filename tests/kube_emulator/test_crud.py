@@ -111,6 +111,7 @@ def test_create_in_missing_namespace_names_the_namespace(custom_api, taskaction)
 def test_generate_name(custom_api, taskaction):
     body = taskaction("")
     del body["metadata"]["name"]
+    body["spec"]["actionName"] = "p"  # the schema wants 1 to 30 characters
     body["metadata"]["generateName"] = "p-"
     obj = _create(custom_api, body)
     assert re.fullmatch(r"p-[a-z0-9]{5}", obj["metadata"]["name"])
@@ -323,16 +324,16 @@ def test_status_subresource_isolation(custom_api, taskaction):
     main = custom_api.replace_namespaced_custom_object(G, V, NS, P, "a1", obj)
     assert "status" not in main and main["spec"]["group"] == "g1"
     # ... /status ignores everything but status ...
-    main["status"] = {"attempts": 2, "cacheStatus": "MISS"}
+    main["status"] = {"attempts": 2, "pluginPhase": "MISS"}
     main["spec"]["group"] = "ignored"
     main["metadata"]["labels"] = {"ignored": "yes"}
     st = custom_api.replace_namespaced_custom_object_status(G, V, NS, P, "a1", main)
-    assert st["status"] == {"attempts": 2, "cacheStatus": "MISS"}
+    assert st["status"] == {"attempts": 2, "pluginPhase": "MISS"}
     assert st["spec"]["group"] == "g1" and "labels" not in st["metadata"]
     # ... a main PUT without status keeps it, and a status-only main write is a no-op.
     st.pop("status")
     kept = custom_api.replace_namespaced_custom_object(G, V, NS, P, "a1", st)
-    assert kept["status"] == {"attempts": 2, "cacheStatus": "MISS"}
+    assert kept["status"] == {"attempts": 2, "pluginPhase": "MISS"}
     assert kept["metadata"]["resourceVersion"] == st["metadata"]["resourceVersion"]
     noop = custom_api.patch_namespaced_custom_object(G, V, NS, P, "a1", {"status": {"attempts": 9}})
     assert noop["status"]["attempts"] == 2
@@ -350,6 +351,7 @@ def test_status_patch_and_merge_semantics(custom_api, taskaction):
         "type": "Succeeded",
         "status": "True",
         "reason": "Done",
+        "message": "",
         "lastTransitionTime": "2026-01-01T00:00:00Z",
     }
     out = custom_api.patch_namespaced_custom_object_status(
@@ -395,14 +397,14 @@ def test_json_patch_and_failures(custom_api, taskaction):
             {"op": "add", "path": "/metadata/labels/b", "value": "2"},
             {"op": "remove", "path": "/metadata/labels/a"},
             {"op": "copy", "from": "/spec/runName", "path": "/spec/group"},
-            {"op": "move", "from": "/spec/group", "path": "/spec/queue"},
+            {"op": "move", "from": "/spec/group", "path": "/spec/shortName"},
             {"op": "add", "path": "/spec/cacheKey", "value": "k"},
             {"op": "replace", "path": "/spec/cacheKey", "value": "k2"},
         ],
         _content_type="application/json-patch+json",
     )
     assert out["metadata"]["labels"] == {"b": "2"}
-    assert out["spec"]["queue"] == "r" and "group" not in out["spec"]
+    assert out["spec"]["shortName"] == "r" and "group" not in out["spec"]
     assert out["spec"]["cacheKey"] == "k2"
     with pytest.raises(ApiException) as err:
         custom_api.patch_namespaced_custom_object(
@@ -627,13 +629,13 @@ def test_object_over_etcd_limit_is_refused_with_500(
 
 def test_status_update_over_etcd_limit_is_refused(custom_api, taskaction):
     obj = _create(custom_api, taskaction("a1", taskTemplate="x" * 1_000_000))
-    obj["status"] = {"cacheStatus": "y" * 600_000}
+    obj["status"] = {"pluginPhase": "y" * 600_000}
     with pytest.raises(ApiException) as err:
         custom_api.replace_namespaced_custom_object_status(G, V, NS, P, "a1", obj)
     assert err.value.status == 500
     assert _status(err.value)["message"] == "etcdserver: request is too large"
     assert _get(custom_api, "a1") == {k: v for k, v in obj.items() if k != "status"}
     # Just under the limit is stored.
-    obj["status"] = {"cacheStatus": "y" * 500_000}
+    obj["status"] = {"pluginPhase": "y" * 500_000}
     stored = custom_api.replace_namespaced_custom_object_status(G, V, NS, P, "a1", obj)
     assert stored["status"] == obj["status"]

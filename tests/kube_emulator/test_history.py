@@ -30,7 +30,7 @@ _op = st.one_of(
 )
 
 
-_CRD = yaml.safe_load(CRD_PATH.read_text())
+_CRD = next(yaml.safe_load_all(CRD_PATH.read_text()))  # the TaskAction CRD, first
 
 
 def _new_store():

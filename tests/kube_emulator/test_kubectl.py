@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NS = "flyte"
 COLUMNS = ["NAME", "RUN", "ACTION", "PARENT", "TYPE", "TASKTYPE", "STATUS", "ATTEMPTS", "AGE"]
-WIDE_COLUMNS = ["PHASE", "PROJECT", "DOMAIN", "CACHE"]
+WIDE_COLUMNS = ["PHASE", "PROJECT", "DOMAIN", "CACHE", "PROGRESSING", "SUCCEEDED", "FAILED"]
 
 
 _READERS: dict[int, queue.Queue[str]] = {}
@@ -56,13 +56,20 @@ def _table(output: str, header: list[str]) -> list[dict[str, str]]:
 
 
 def _conditions(true_type: str, reason: str) -> list[dict[str, str]]:
-    """The three conditions the service writes: Progressing carries the phase's reason."""
-    out = []
-    for ctype in ("Progressing", "Succeeded", "Failed"):
-        status = "True" if ctype == true_type else "False"
-        cond_reason = reason if ctype in (true_type, "Progressing") else "NotReached"
-        out.append({"type": ctype, "status": status, "reason": cond_reason})
+    """The conditions the service (and Flyte's executor) writes: Progressing carries the
+    phase's reason, False once a terminal condition is True."""
+    when = "2026-01-01T00:00:00Z"
+    progressing = "True" if true_type == "Progressing" else "False"
+    out = [{"type": "Progressing", "status": progressing, "reason": reason, "message": "",
+            "lastTransitionTime": when}]  # fmt: skip
+    if true_type != "Progressing":
+        out.append({"type": true_type, "status": "True", "reason": reason, "message": "",
+                    "lastTransitionTime": when})  # fmt: skip
     return out
+
+
+def _history(*phases: str) -> list[dict[str, str]]:
+    return [{"phase": p, "occurredAt": "2026-01-01T00:00:00Z"} for p in phases]
 
 
 pytestmark = pytest.mark.skipif(
@@ -133,12 +140,13 @@ def test_kubectl_apply_get_patch_delete(kubectl, kube_emulator, tmp_path, custom
         NS,
         "taskactions",
         "a1",
-        {"status": {"phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}]}},
+        {"status": {"phaseHistory": _history("Queued", "Executing")}},
     )
     # Server-side Table with the CRD's printer columns (the last phase via [-1:], -o wide).
     (row,) = _table(kubectl("get", "taskactions", "-o", "wide").stdout, [*COLUMNS, *WIDE_COLUMNS])
     assert row["RUN"] == "r1" and row["ACTION"] == "a1" and row["PARENT"] == ""
-    assert (row["PHASE"], row["PROJECT"], row["DOMAIN"], row["CACHE"]) == ("RUNNING", "p", "d", "")
+    cells = (row["PHASE"], row["PROJECT"], row["DOMAIN"], row["CACHE"])
+    assert cells == ("Executing", "p", "d", "")
     wide = kubectl("get", "ta", "a1", "-o", "custom-columns=N:.metadata.name,R:.spec.runName")
     assert wide.stdout.split() == ["N", "R", "a1", "r1"]
     assert kubectl("get", "ta", "-l", "flyte.org/run=r1", "-o", "name").stdout.strip() == (
@@ -147,7 +155,7 @@ def test_kubectl_apply_get_patch_delete(kubectl, kube_emulator, tmp_path, custom
     obj = json.loads(kubectl("get", "taskaction", "a1", "-o", "json").stdout)
     assert obj["metadata"]["uid"] and obj["spec"]["runName"] == "r1"
 
-    kubectl("patch", "taskaction", "a1", "--type=merge", "-p", '{"spec":{"queue":"q"}}')
+    kubectl("patch", "taskaction", "a1", "--type=merge", "-p", '{"spec":{"shortName":"q"}}')
     failed = kubectl("patch", "taskaction", "a1", "-p", '{"spec":{"queue":"z"}}', check=False)
     assert failed.returncode != 0  # strategic merge patch on a CR: 415
 
@@ -310,9 +318,9 @@ def test_kubectl_printer_columns(kubectl, kube_emulator, custom_api, taskaction)
         "root",
         {
             "conditions": _conditions("Progressing", "Executing"),
-            "phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}],
+            "phaseHistory": _history("Queued", "Executing"),
             "attempts": 2,
-            "cacheStatus": "CACHE_MISS",
+            "cacheStatus": 1,
         },
     )
     # Aborted while running: the phase history still ends in RUNNING; the Progressing
@@ -321,7 +329,7 @@ def test_kubectl_printer_columns(kubectl, kube_emulator, custom_api, taskaction)
         "aborted",
         {
             "conditions": _conditions("Failed", "Aborted"),
-            "phaseHistory": [{"phase": "QUEUED"}, {"phase": "RUNNING"}],
+            "phaseHistory": _history("Queued", "Executing"),
             "attempts": 1,
         },
     )
@@ -361,9 +369,9 @@ def test_kubectl_printer_columns(kubectl, kube_emulator, custom_api, taskaction)
     assert all(re.fullmatch(r"\d+s", row["AGE"]) for row in rows)
     wide = _table(kubectl("get", "ta", "-o", "wide").stdout, [*COLUMNS, *WIDE_COLUMNS])
     assert {row["NAME"]: [row[c] for c in WIDE_COLUMNS] for row in wide} == {
-        "aborted": ["RUNNING", "p", "d", ""],
-        "child": ["", "p", "d", ""],
-        "root": ["RUNNING", "p", "d", "CACHE_MISS"],
+        "aborted": ["Executing", "p", "d", "", "False", "", "True"],
+        "child": ["", "p", "d", "", "", "", ""],
+        "root": ["Executing", "p", "d", "1", "True", "", ""],
     }
 
 
@@ -401,8 +409,11 @@ def test_server_table_cells_are_typed(kube_raw, custom_api, taskaction):
         "Project",
         "Domain",
         "Cache",
+        "Progressing",
+        "Succeeded",
+        "Failed",
     ]
-    assert [c["priority"] for c in definitions] == [0] * 9 + [1] * 4
+    assert [c["priority"] for c in definitions] == [0] * 9 + [1] * 7
     assert definitions[8]["description"] == (
         "Custom resource definition column (in JSONPath format): .metadata.creationTimestamp"
     )

@@ -130,10 +130,10 @@ def record_request(obj: KubeObject) -> RecordActionRequest:
         action_id=action_id_of(obj),
         parent=parent_of(obj),
         group=str(spec.get("group") or ""),
-        subject=str(spec.get("subject") or ""),
+        subject=objects.subject_of(obj),
         input_uri=str(spec.get("inputUri") or ""),
     )
-    action_type = spec.get("actionType") or objects.TYPE_TASK
+    action_type = objects.action_type_of_object(obj)
     if action_type == objects.TYPE_CONDITION:
         condition = _decode(spec.get("conditionSpec"), ConditionAction)
         if condition is not None:
@@ -143,11 +143,11 @@ def record_request(obj: KubeObject) -> RecordActionRequest:
         if trace is not None:
             request.trace.CopyFrom(trace)
     elif spec.get("taskType") or spec.get("taskTemplate"):
-        request.task.CopyFrom(_task_action(spec, request.action_id))
+        request.task.CopyFrom(_task_action(spec, request.action_id, objects.queue_of(obj)))
     return request
 
 
-def _task_action(spec: dict[str, Any], action_id: ActionIdentifier) -> TaskAction:
+def _task_action(spec: dict[str, Any], action_id: ActionIdentifier, queue: str) -> TaskAction:
     task = TaskAction(
         id=TaskIdentifier(
             org=action_id.run.org, project=action_id.run.project, domain=action_id.run.domain
@@ -162,8 +162,8 @@ def _task_action(spec: dict[str, Any], action_id: ActionIdentifier) -> TaskActio
         )
     if spec.get("cacheKey"):
         task.cache_key.value = str(spec["cacheKey"])
-    if spec.get("queue"):
-        task.queue = str(spec["queue"])
+    if queue:
+        task.queue = queue
     return task
 
 
@@ -208,13 +208,18 @@ def status_request(obj: KubeObject, key: StatusKey) -> UpdateActionStatusRequest
         ),
     )
     start = _timestamp(meta.get("creationTimestamp"))
-    if (obj.get("spec") or {}).get("actionType") == objects.TYPE_TRACE:
+    times = status
+    if objects.is_trace(obj):
         # A trace is stored finished; its own times are the caller's.
-        start = _timestamp(status.get("startTime")) or start
+        times = obj.get("spec") or {}
+        start = _timestamp(times.get("startTime")) or start
     if start is not None:
         request.status.start_time.CopyFrom(start)
     if key.terminal:
-        end = _timestamp(status.get("endTime"))
+        # A TaskAction's status has no end time: the terminal phase's entry in the
+        # phase history says when it ended.
+        history = status.get("phaseHistory") or [{}]
+        end = _timestamp(times.get("endTime")) or _timestamp(history[-1].get("occurredAt"))
         if end is not None:
             request.status.end_time.CopyFrom(end)
     if key.signalled:

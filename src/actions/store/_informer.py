@@ -83,8 +83,10 @@ class Informer:
         *,
         history: int,
         prepare: Callable[[], None] | None = None,
+        plural: str = _meta.PLURAL,
     ) -> None:
         self._api = api
+        self._plural = plural
         self._namespace = namespace
         self._settings = settings
         self._bucket = bucket
@@ -117,7 +119,7 @@ class Informer:
         self.last_error: str | None = None
         self.relists = 0
         self._thread = threading.Thread(
-            target=self._run, name=f"taskaction-informer-{namespace}", daemon=True
+            target=self._run, name=f"{plural}-informer-{namespace}", daemon=True
         )
 
     # -- trio side ----------------------------------------------------------------------
@@ -261,7 +263,7 @@ class Informer:
                 _meta.GROUP,
                 _meta.VERSION,
                 self._namespace,
-                _meta.PLURAL,
+                self._plural,
                 _request_timeout=self._settings.timeouts,
                 **kwargs,
             ),
@@ -330,7 +332,7 @@ class Informer:
             _meta.GROUP,
             _meta.VERSION,
             self._namespace,
-            _meta.PLURAL,
+            self._plural,
             resource_version=self._position,
             allow_watch_bookmarks=True,
             # With a timeout the client never retries by itself (and raises 410 at once),

@@ -20,6 +20,17 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "TaskAction"
 PLURAL = "taskactions"
 RESOURCE = f"{PLURAL}.{GROUP}"
+# Traces are kept in a kind of their own (k8s/crd.yaml), beside the TaskActions.
+TRACE_KIND = "TraceAction"
+TRACE_PLURAL = "actiontraces"
+PLURALS: Final = {KIND: PLURAL, TRACE_KIND: TRACE_PLURAL}
+_TRACE_BODY_KIND: Final = f'"kind":"{TRACE_KIND}"'
+
+
+def is_trace_entry(body: str) -> bool:
+    """A stored compact-JSON body (``dumps``) is a TraceAction's."""
+    return _TRACE_BODY_KIND in body
+
 
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
@@ -138,8 +149,8 @@ def validate_new_object(obj: KubeObject, namespace: str) -> None:
     """
     if not isinstance(obj, dict):
         raise Invalid("object must be a mapping")
-    if obj.get("kind") != KIND:
-        raise Invalid(f"kind must be {KIND!r}, got {obj.get('kind')!r}")
+    if obj.get("kind") not in PLURALS:
+        raise Invalid(f"kind must be one of {', '.join(PLURALS)}, got {obj.get('kind')!r}")
     if obj.get("apiVersion") != API_VERSION:
         raise Invalid(f"apiVersion must be {API_VERSION!r}, got {obj.get('apiVersion')!r}")
     meta = obj.get("metadata")

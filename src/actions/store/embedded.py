@@ -374,7 +374,8 @@ class EmbeddedStore:
             self._fresh_until = -math.inf
             await self._catch_up()
             entry = self._index.get(name)
-        if entry is None:
+        if entry is None or _meta.is_trace_entry(entry.body):
+            # A TraceAction shares the name space but is not a TaskAction, as on a cluster.
             raise NotFound(_meta.not_found_message(name))
         return entry.object()
 

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ClientSettings", "KubernetesStore"]
 
+_Objects = list[KubeObject]  # (``list`` is also a method name in the class below)
+
 # create_with_status: status writes that lose to another writer before giving up.
 _STATUS_RETRIES = 32
 
@@ -97,6 +99,19 @@ class KubernetesStore:
             history=history,
             prepare=prepare,
         )
+        # Traces (kind TraceAction) have a watch of their own; their events join the
+        # TaskActions' in ``run_events``. etcd's resourceVersions are one counter for all
+        # kinds, so both watches resume from the same ``since``.
+        self._trace_informer = Informer(
+            self._api,
+            namespace,
+            settings,
+            self._bucket,
+            trio.lowlevel.current_trio_token(),
+            history=history,
+            plural=_meta.TRACE_PLURAL,
+        )
+        self._informers = (self._informer, self._trace_informer)
         self._closed = trio.Event()
 
     @classmethod
@@ -143,18 +158,21 @@ class KubernetesStore:
         )
         if not wait_for_sync:
             store._informer.start()
+            store._trace_informer.start()
             return store
         try:
             await store._check_namespace(create_namespace)
-            store._informer.start()
-            listed = await trio.to_thread.run_sync(
-                store._informer.wait_listed, sync_timeout, abandon_on_cancel=True
-            )
-            if not listed:
-                raise StoreUnavailable(
-                    f"could not list taskactions in {namespace!r} within {sync_timeout}s: "
-                    f"{store._informer.last_error}"
+            for informer in store._informers:
+                informer.start()
+            for informer, plural in zip(store._informers, _meta.PLURALS.values(), strict=True):
+                listed = await trio.to_thread.run_sync(
+                    informer.wait_listed, sync_timeout, abandon_on_cancel=True
                 )
+                if not listed:
+                    raise StoreUnavailable(
+                        f"could not list {plural} in {namespace!r} within {sync_timeout}s: "
+                        f"{informer.last_error}"
+                    )
         except BaseException:
             with trio.CancelScope(shield=True):
                 await store.aclose()
@@ -166,7 +184,7 @@ class KubernetesStore:
     @property
     def synced(self) -> bool:
         """The cache holds a complete list and the watch follows it."""
-        return self._informer.synced
+        return all(informer.synced for informer in self._informers)
 
     @property
     def api_reachable(self) -> bool:
@@ -183,6 +201,8 @@ class KubernetesStore:
             return False, f"Kubernetes API server unreachable or failing: {error}"
         if not self._informer.synced:
             return False, "watch cache not synced (listing taskactions)"
+        if not self._trace_informer.synced:
+            return False, "watch cache not synced (listing actiontraces)"
         return True, "ok"
 
     @property
@@ -196,16 +216,17 @@ class KubernetesStore:
 
     # -- requests ---------------------------------------------------------------------
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, fn: Any, *args: Any, plural: str = _meta.PLURAL, **kwargs: Any) -> Any:
         """``fn``, a ``CustomObjectsApi`` method on namespaced objects, on this store's
-        taskactions: group, version, namespace and plural come before ``args``."""
+        taskactions (or ``plural``): group, version, namespace and plural come before
+        ``args``."""
         if self._closed.is_set():
             raise StoreUnavailable("the store is closed")
         delay = self._bucket.reserve()
         if delay:
             await trio.sleep(delay)
         kwargs.setdefault("_request_timeout", self._settings.timeouts)
-        coordinates = (_meta.GROUP, _meta.VERSION, self.namespace, _meta.PLURAL)
+        coordinates = (_meta.GROUP, _meta.VERSION, self.namespace, plural)
         return await trio.to_thread.run_sync(
             partial(call, fn, *coordinates, *args, **kwargs), limiter=self._limiter
         )
@@ -221,8 +242,11 @@ class KubernetesStore:
             await self._check_owner(ref)
         body = _meta.copy_json(obj)
         body["metadata"]["namespace"] = self.namespace
+        plural = _meta.PLURALS[body["kind"]]
         with _sized(body):
-            created = await self._call(self._api.create_namespaced_custom_object, body)
+            created = await self._call(
+                self._api.create_namespaced_custom_object, body, plural=plural
+            )
         return self._shown(created)
 
     async def create_with_status(self, obj: KubeObject, status: dict[str, Any]) -> KubeObject:
@@ -251,8 +275,11 @@ class KubernetesStore:
 
     def _shown(self, obj: KubeObject) -> KubeObject:
         """Tell the informer what the API server just showed us (see ``Informer.note``)."""
-        self._informer.note([obj])
+        self._informer_of(obj).note([obj])
         return obj
+
+    def _informer_of(self, obj: KubeObject) -> Informer:
+        return self._trace_informer if obj.get("kind") == _meta.TRACE_KIND else self._informer
 
     async def _check_owner(self, ref: dict[str, Any]) -> None:
         """The API server accepts a dangling owner (its GC then collects the new object);
@@ -273,12 +300,22 @@ class KubernetesStore:
         return self._shown(obj)
 
     async def list(self, labels: dict[str, str]) -> tuple[list[KubeObject], str]:
+        """TaskActions and TraceActions with ``labels``; the resourceVersion is the older
+        of the two lists' (events after it may repeat what is listed, none is missed)."""
         _meta.validate_labels(labels)
+        items, list_rv = await self._list_kind(labels, _meta.PLURAL, self._informer)
+        traces, trace_rv = await self._list_kind(labels, _meta.TRACE_PLURAL, self._trace_informer)
+        items.extend(traces)
+        return items, str(min(int(list_rv), int(trace_rv)))
+
+    async def _list_kind(
+        self, labels: dict[str, str], plural: str, informer: Informer
+    ) -> tuple[_Objects, str]:
         selector = _meta.label_selector(labels)
-        items: list[KubeObject] = []
+        items: _Objects = []
         token: str | None = None
         while True:  # pages of one snapshot, so one resourceVersion for the whole list
-            kwargs: dict[str, Any] = {"limit": 500}
+            kwargs: dict[str, Any] = {"limit": 500, "plural": plural}
             if selector:
                 kwargs["label_selector"] = selector
             if token:
@@ -288,7 +325,7 @@ class KubernetesStore:
             token = (page.get("metadata") or {}).get("continue")
             if not token:
                 list_rv: str = page["metadata"]["resourceVersion"]
-                self._informer.note(items, as_of=int(list_rv))
+                informer.note(items, as_of=int(list_rv))
                 return items, list_rv
 
     async def list_roots(
@@ -318,25 +355,34 @@ class KubernetesStore:
             return await self.get(name)  # nothing to merge; no write, as in the embedded store
         # A dict body goes out as a JSON merge patch (the client's default for CRs).
         with _sized(None):  # the patched object's size is the server's to know
-            patched = await self._call(
+            patched = await self._either_kind(
                 self._api.patch_namespaced_custom_object,
                 name,
                 {"metadata": {"annotations": annotations}},
             )
         return self._shown(patched)
 
+    async def _either_kind(self, fn: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` on the TaskAction ``name``, else on the TraceAction of that name (names
+        are unique across both: they derive from the action's identity)."""
+        try:
+            return await self._call(fn, name, *args, **kwargs)
+        except NotFound:
+            return await self._call(fn, name, *args, plural=_meta.TRACE_PLURAL, **kwargs)
+
     async def delete(self, name: str, propagation: PropagationPolicy = "Background") -> None:
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise Invalid(f"propagationPolicy: Unsupported value: {propagation!r}")
         # Explicit policy in the body (a body makes the server ignore query options).
-        await self._call(
+        await self._either_kind(
             self._api.delete_namespaced_custom_object, name, body={"propagationPolicy": propagation}
         )
 
     # -- cache and change stream --------------------------------------------------------
 
     async def latest(self, name: str) -> KubeObject | None:
-        return self._informer.get(name)
+        obj = self._informer.get(name)
+        return obj if obj is not None else self._trace_informer.get(name)
 
     async def run_events(
         self,
@@ -353,7 +399,7 @@ class KubernetesStore:
             # "From now": the watch may still be delivering writes made before this call;
             # the API server's current resourceVersion tells them apart, so run_events
             # starts exactly where the embedded store's does.
-            sink = Sink(send, 0)
+            sinks = [Sink(send, 0) for _ in self._informers]
             try:
                 now = await self._call(self._api.list_namespaced_custom_object, limit=1)
             except StoreUnavailable as exc:
@@ -361,22 +407,30 @@ class KubernetesStore:
                 # from what the watch has handed out so far instead. Nothing written
                 # later is missed; a few earlier writes may be sent too.
                 log.info("starting the change stream from the watch cache: %s", exc)
-                backlog = self._informer.register(sink, None)
             else:
-                sink.since = int(now["metadata"]["resourceVersion"])
-                backlog = self._informer.register(sink, None)
+                for sink in sinks:
+                    sink.since = int(now["metadata"]["resourceVersion"])
+            start: int | None = None
         else:
-            sink = Sink(send, int(since))
-            backlog = self._informer.register(sink, int(since))
+            start = int(since)
+            sinks = [Sink(send, start) for _ in self._informers]
+        registered: list[tuple[Informer, Sink]] = []
         try:
+            backlog: list[WatchEvent] = []
+            for informer, sink in zip(self._informers, sinks, strict=True):
+                backlog.extend(informer.register(sink, start))
+                registered.append((informer, sink))
+            backlog.sort(key=lambda e: int(e.resource_version))
             task_status.started()
             for event in backlog:
                 await send.send(event)
-            sink.ready.set()
+            for sink in sinks:
+                sink.ready.set()
             await self._closed.wait()
             raise StoreUnavailable("the store was closed")
         finally:
-            self._informer.unregister(sink)
+            for informer, sink in registered:
+                informer.unregister(sink)
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -384,10 +438,11 @@ class KubernetesStore:
         if self._closed.is_set():
             return
         self._closed.set()
-        with trio.move_on_after(10):
-            while True:
-                self._informer.request_stop()
-                if await trio.to_thread.run_sync(self._informer.join, 0.02):
-                    break
+        for informer in self._informers:
+            with trio.move_on_after(10):
+                while True:
+                    informer.request_stop()
+                    if await trio.to_thread.run_sync(informer.join, 0.02):
+                        break
         if self._owns_client:
             await trio.to_thread.run_sync(self._api_client.close)
