@@ -103,6 +103,25 @@ def phase_of(status: dict[str, Any] | None) -> Phase:
     return _PROGRESSING_PHASE.get(progressing, RUNNING)
 
 
+# The executor's words beyond the table above, as the phase a person would read them as.
+_OTHER_WORDS: Final[dict[str, Phase]] = {
+    REASON_SIGNALED: SUCCEEDED,
+    REASON_RETRYABLE_FAILURE: RUNNING,
+    "PluginNotFound": FAILED,
+    "InvalidSpec": FAILED,
+}
+_BY_WORD: Final[dict[str, Phase]] = {
+    **{word: phase for phase, (_, word) in _CONDITION.items()},
+    **_OTHER_WORDS,
+}
+
+
+def phase_of_word(word: str) -> Phase:
+    """The phase a ``phaseHistory`` entry (or a condition's reason) stands for:
+    ``Executing`` is RUNNING, ``Signaled`` SUCCEEDED; UNSPECIFIED for an unknown word."""
+    return _BY_WORD.get(word, UNSPECIFIED)
+
+
 def reason_of(phase: Phase, reason: str | None = None) -> str:
     """The executor's word for ``phase``: the reason of its True condition, also what the
     phase history records. ``reason`` overrides it (``Signaled``, ``RetryableFailure``)."""

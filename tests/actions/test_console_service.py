@@ -29,6 +29,7 @@ from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from actions import naming
 from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
@@ -199,13 +200,13 @@ async def test_get_run_tree_and_details(env: Env, clock: list[int]) -> None:
     await c.update(update_req(aid("b1"), phase_pb2.ACTION_PHASE_RUNNING, attempt=2))
     await c.update(update_req(aid("b1"), phase_pb2.ACTION_PHASE_FAILED, attempt=2))
     # The executor writes errorState directly on the status.
-    obj = await env.store.get("o.p.development.r1.b1")
+    obj = await env.store.get(naming.object_name(aid("b1")))
     obj["status"]["errorState"] = {"code": "OOM", "kind": "USER", "message": "out of memory"}
     await env.store.update_status(obj)
     await c.signal(pb.SignalRequest(action_id=aid("done"), parent_action_name="a0",
                                     value=bool_literal(True)))  # fmt: skip
     # An abort leaves its reason on the object before deleting it: seen while it goes.
-    b2 = "o.p.development.r1.b2"
+    b2 = naming.object_name(aid("b2"))
     await env.store.patch_annotations(b2, {"flyte.org/abort-reason": "not needed"})
     await c.enqueue(task_req(aid("x0", "other-run")))
 
@@ -351,15 +352,17 @@ async def test_hand_made_objects_do_not_break_the_view(env: Env) -> None:
     """Objects written by something else (kubectl, an old version) are shown as far as
     they can be, never an INTERNAL error."""
     await env.client.enqueue(task_req(aid("a0")))
-    root = await env.store.get("o.p.development.r1.a0")
+    root = await env.store.get(naming.object_name(aid("a0")))
     labels = dict(root["metadata"]["labels"], **{"flyte.org/is-root": "false"})
     spec = dict(root["spec"], actionName="odd", parentActionName="a0", actionType="condition",
                 conditionSpec="not base64!", taskTemplate="")  # fmt: skip
     await env.store.create_with_status(
         {"apiVersion": "flyte.org/v1", "kind": "TaskAction",
-         "metadata": {"name": "o.p.development.r1.odd", "labels": labels}, "spec": spec},
-        {"attempts": 2**40, "phaseHistory": [{"phase": "RUNNING", "occurredAt": "yesterday"}],
-         "signal": {"value": "%%%"}, "errorState": "boom"},
+         "metadata": {"name": naming.object_name(aid("odd")), "labels": labels,
+                      "annotations": root["metadata"].get("annotations", {})},
+         "spec": spec},
+        {"attempts": 2**40, "phaseHistory": [{"phase": "Executing", "occurredAt": "yesterday"}],
+         "signalValue": "%%%", "errorState": "boom"},
     )  # fmt: skip
     response = await console(env).get_run(
         cpb.GetRunRequest(run=cpb.RunId(org=ORG, project=PROJECT, domain=DOMAIN, name="r1")), ctx()

@@ -208,7 +208,7 @@ class ConsoleService:
 def _identity(obj: KubeObject) -> tuple[str, str, str, str]:
     spec = obj.get("spec") or {}
     return (
-        str(spec.get("org", "")),
+        objects.org_of(obj),
         str(spec.get("project", "")),
         str(spec.get("domain", "")),
         str(spec.get("runName", "")),

@@ -1,8 +1,9 @@
 """Stored TaskAction objects as the read API's messages (``flyte_actions.console.v1``).
 
-Pure functions of one object: times come from ``metadata.creationTimestamp``,
-``status.phaseHistory`` (microsecond timestamps written at each phase change) and
-``status.startTime``/``endTime`` where an executor or a trace stored them.
+Pure functions of one object, in the shape Flyte's executor reads and writes: times come
+from ``metadata.creationTimestamp`` and ``status.phaseHistory`` (the executor's words,
+``Queued``, ``Executing``, ``Completed`` ..., each with when it happened); a trace carries
+its own start and end time in its spec.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ VALUE_TYPES: Final = {
     SimpleType.STRING: "string",
 }
 # Phases reached once the action is doing its work, and those after which it is done.
-_STARTED: Final = frozenset({"INITIALIZING", "RUNNING"})
-_ENDED: Final = frozenset(phases.name(p) for p in phases.TERMINAL)
+_STARTED: Final = frozenset({phases.INITIALIZING, phases.RUNNING})
+_ENDED: Final = phases.TERMINAL
 _UINT32_MAX: Final = 2**32 - 1
 
 
@@ -57,11 +58,19 @@ def _set(message: Any, field: str, ts: Timestamp | None) -> None:
 
 
 def _history(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(phase name, when)`` per ``phaseHistory`` entry, its word read as a phase."""
     return [
-        (str(item.get("phase", "")), str(item.get("occurredAt", "")))
+        (
+            phases.name(phases.phase_of_word(str(item.get("phase", "")))),
+            str(item.get("occurredAt", "")),
+        )
         for item in status.get("phaseHistory") or ()
         if isinstance(item, dict)
     ]
+
+
+_STARTED_NAMES: Final = frozenset(phases.name(p) for p in _STARTED)
+_ENDED_NAMES: Final = frozenset(phases.name(p) for p in _ENDED)
 
 
 def created_text(obj: KubeObject) -> str:
@@ -72,18 +81,22 @@ def created_text(obj: KubeObject) -> str:
     return str(obj["metadata"].get("creationTimestamp") or "")
 
 
-def _started_text(status: dict[str, Any]) -> str:
-    if status.get("startTime"):
-        return str(status["startTime"])
-    return next((at for phase, at in _history(status) if phase in _STARTED), "")
+def _started_text(obj: KubeObject) -> str:
+    spec = obj.get("spec") or {}
+    if objects.is_trace(obj) and spec.get("startTime"):
+        return str(spec["startTime"])
+    history = _history(obj.get("status") or {})
+    return next((at for phase, at in history if phase in _STARTED_NAMES), "")
 
 
-def _ended_text(status: dict[str, Any], phase: str) -> str:
-    if phase not in _ENDED:
+def _ended_text(obj: KubeObject, phase: str) -> str:
+    if phase not in _ENDED_NAMES:
         return ""
-    if status.get("endTime"):
-        return str(status["endTime"])
-    return next((at for p, at in reversed(_history(status)) if p in _ENDED), "")
+    spec = obj.get("spec") or {}
+    if objects.is_trace(obj) and spec.get("endTime"):
+        return str(spec["endTime"])
+    history = _history(obj.get("status") or {})
+    return next((at for p, at in reversed(history) if p in _ENDED_NAMES), "")
 
 
 def _count(value: object) -> int:
@@ -129,10 +142,9 @@ def _condition(spec: dict[str, Any], status: dict[str, Any]) -> cpb.ConditionInf
     info = cpb.ConditionInfo(name=cond.name, prompt=cond.prompt, description=cond.description)
     if cond.type.WhichOneof("type") == "simple":
         info.value_type = VALUE_TYPES.get(cond.type.simple, "")
-    signal = status.get("signal") or {}
-    if signal.get("value"):
+    if status.get("signalValue"):
         try:
-            info.value = literal_text(objects.literal_of(signal["value"]))
+            info.value = literal_text(objects.literal_of(status["signalValue"]))
         except (DecodeError, binascii.Error, ValueError):
             info.value = "(unreadable)"
     return info
@@ -146,7 +158,7 @@ def action_view(obj: KubeObject) -> cpb.ActionView:
     view = cpb.ActionView(
         name=str(spec.get("actionName", "")),
         parent=str(spec.get("parentActionName", "")),
-        type=str(spec.get("actionType", objects.TYPE_TASK)),
+        type=objects.action_type_of_object(obj),
         phase=phase,
         attempts=_count(status.get("attempts")),
         task=str(spec.get("shortName") or spec.get("taskType") or ""),
@@ -154,8 +166,8 @@ def action_view(obj: KubeObject) -> cpb.ActionView:
         deleting=bool(meta.get("deletionTimestamp")),
     )
     _set(view, "created_at", parse_time(created_text(obj)))
-    _set(view, "started_at", parse_time(_started_text(status)))
-    _set(view, "ended_at", parse_time(_ended_text(status, phase)))
+    _set(view, "started_at", parse_time(_started_text(obj)))
+    _set(view, "ended_at", parse_time(_ended_text(obj, phase)))
     for name, at in _history(status):
         transition = view.phase_history.add(phase=name)
         _set(transition, "occurred_at", parse_time(at))
@@ -174,7 +186,7 @@ def action_view(obj: KubeObject) -> cpb.ActionView:
 def run_id_of(obj: KubeObject) -> cpb.RunId:
     spec = obj.get("spec") or {}
     return cpb.RunId(
-        org=str(spec.get("org", "")),
+        org=objects.org_of(obj),
         project=str(spec.get("project", "")),
         domain=str(spec.get("domain", "")),
         name=str(spec.get("runName", "")),
