@@ -439,8 +439,14 @@ async def run_client_command_async(
     """Run the parsed command; report failures as ``error: <code>: <message>``."""
     out = out or sys.stdout
     err = err or sys.stderr
+    return await reporting_errors(COMMANDS[args.client_command](args, out, err), err)
+
+
+async def reporting_errors(command: Awaitable[int], err: TextIO) -> int:
+    """Await a command; a usage error or a failed RPC becomes one line,
+    ``error: <code>: <message>``, and the exit status that goes with it."""
     try:
-        return await COMMANDS[args.client_command](args, out, err)
+        return await command
     except UsageError as exc:
         err.write(f"error: {Code.INVALID_ARGUMENT.connect_name}: {exc}\n")
         return EXIT_USAGE

@@ -30,12 +30,11 @@ from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.client_cli import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
-    EXIT_USAGE,
     UsageError,
-    exit_code,
     make_client,
+    reporting_errors,
 )
-from connect_proto import Code, ConnectClient, RpcError
+from connect_proto import ConnectClient
 
 CONSOLE: Final = "/flyte_actions.console.v1.ConsoleService/"
 CONSOLE_COMMANDS: Final = frozenset({"runs", "get"})
@@ -259,15 +258,12 @@ async def run_console_command_async(
     out = out or sys.stdout
     err = err or sys.stderr
     command = cmd_runs if args.console_command == "runs" else cmd_get
-    try:
+
+    async def run() -> int:
         async with make_client(args) as client:
             return await command(args, client, out)
-    except UsageError as exc:
-        err.write(f"error: {Code.INVALID_ARGUMENT.connect_name}: {exc}\n")
-        return EXIT_USAGE
-    except RpcError as exc:
-        err.write(f"error: {exc.code.connect_name}: {exc.message}\n")
-        return exit_code(exc.code)
+
+    return await reporting_errors(run(), err)
 
 
 def run_console_command(args: argparse.Namespace) -> int:
