@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from flyteidl2.actions.actions_service_pb2 import Action, EnqueueRequest, WatchForUpdatesResponse
 from flyteidl2.common.identifier_pb2 import ActionIdentifier, RunIdentifier
+from flyteidl2.common.phase_pb2 import ActionPhase
 from flyteidl2.core.execution_pb2 import ExecutionError
 from flyteidl2.core.literals_pb2 import Literal
 from flyteidl2.core.tasks_pb2 import TaskTemplate
@@ -368,7 +369,7 @@ def action_update(
         phase = phases.ABORTED
     update = ActionUpdate(
         action_id=action_id_of(obj),
-        phase=phase,
+        phase=cast("ActionPhase", phase),  # phases.Phase is the enum's int value
         output_uri=output_uri_of(obj, default_namespace),
     )
     status = obj.get("status") or {}
