@@ -8,7 +8,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import h2.errors
 import h2.events
@@ -64,6 +64,7 @@ class _RecordingProtocol:
     ``streams`` streams one by one, with a scheduling turn each, as hypercorn's does."""
 
     streams = 20
+    last: ClassVar[_RecordingProtocol]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.send = args[8]
@@ -90,9 +91,6 @@ class _RecordingProtocol:
                 self.forgotten.add(stream_id)  # hypercorn pops the stream, then tells it
                 await trio.lowlevel.checkpoint()  # its put of http.disconnect
                 self.told.append(stream_id)
-
-
-_RecordingProtocol.last: _RecordingProtocol  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(
@@ -257,9 +255,7 @@ async def test_a_window_zero_client_is_buffered_for_boundedly_then_reset(
         # The abandoned response's stream is reset, not left open on the connection.
         events = await peer.until(lambda seen: of_type(seen, h2.events.StreamReset), 5)
         resets = of_type(events, h2.events.StreamReset)
-        assert [(r.stream_id, r.error_code) for r in resets] == [
-            (sid, h2.errors.ErrorCodes.CANCEL)
-        ]
+        assert [(r.stream_id, r.error_code) for r in resets] == [(sid, h2.errors.ErrorCodes.CANCEL)]
         assert not peer.closed  # only the stream: the connection serves on
         await peer.aclose()
         server.check()
