@@ -29,6 +29,14 @@ HTTP/2 (``RpcH2Protocol``)
   - When the connection closes, every stream's send buffer is closed too: a handler
     still answering (a gRPC call whose client went away) waited forever for the send
     task, which had ended, to drain it, holding shutdown for the grace period (issue 8).
+    Then each stream is told of the disconnect in its own task (issue 10).
+  - A stream buffers at most ``STREAM_BUFFER_LIMIT`` response bytes before its writer
+    waits for the peer's window (``BoundedStreamBuffer``): hypercorn's writer went on
+    whenever the send task looked, even when it took 0 bytes, so a window-0 client was
+    buffered for without bound and an app's write timeout never fired (issue 13).
+  - A stream whose app ended without finishing its response (abandoned at a write
+    timeout, or failed mid-stream) is reset with CANCEL; hypercorn left it open on the
+    live connection, counted against the client's stream limit (issue 14).
   - An idle connection closed by the server (keep-alive timeout, shutdown) first
     sends GOAWAY (``goodbye``), instead of just closing the socket.
 
@@ -255,7 +263,8 @@ class RpcH2Protocol(H2Protocol):
         """The app is done with a stream whose response did not end (abandoned at a
         write timeout, or the handler failed mid-stream): ASGI has no way to say so, and
         hypercorn left the stream open on a live connection, its buffer held for good.
-        RST_STREAM(CANCEL) tells the client; the send task then drops the buffer."""
+        RST_STREAM(CANCEL) tells the client; the send task then drops the buffer
+        (issue 14)."""
         buffer = self.stream_buffers.get(stream_id)
         if (
             self.closed
