@@ -304,3 +304,38 @@ async def test_http1_client_that_stops_reading_is_closed_after_the_write_timeout
         server.check()
         nursery.cancel_scope.cancel()
     assert stopped, "the handler is still writing to a client that reads nothing"
+
+
+async def test_a_writer_held_by_a_window_of_zero_is_released_when_the_client_resets() -> None:
+    """The bound makes a writer wait for the peer's window; a client that resets the
+    stream instead must release it (the app here does not watch for a disconnect)."""
+    ended = trio.Event()
+
+    async def write_200_kib(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(200):
+            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        ended.set()
+
+    async with trio.open_nursery() as nursery:
+        config = make_config("127.0.0.1", 0)
+        server = await Server(OURS, _lifespan_or(write_200_kib), config).start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        sid = peer.h2.get_next_available_stream_id()
+        peer.h2.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                   (":authority", "x")], end_stream=True)  # fmt: skip
+        await peer.flush()
+        await peer.until(lambda seen: of_type(seen, h2.events.ResponseReceived), 5)
+        await trio.sleep(0.2)
+        assert not ended.is_set()  # held by the bound: the client takes nothing
+        peer.h2.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        await peer.flush()
+        with trio.move_on_after(2):
+            await ended.wait()
+        released = ended.is_set()
+        await peer.aclose()
+        server.check()
+        nursery.cancel_scope.cancel()
+    assert released, "the writer still waits for a stream the client reset"

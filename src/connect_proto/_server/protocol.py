@@ -327,6 +327,11 @@ class RpcH2Protocol(H2Protocol):
                 if event.remote_reset and unanswered and await self._count(Frames.EARLY_RESET):
                     return
                 await self._close_stream(event.stream_id)
+                buffer = self.stream_buffers.get(event.stream_id)
+                if buffer is not None:
+                    # Nothing more can be sent: a writer waiting for a window of 0 (which
+                    # a bounded buffer makes it do) must not wait for the send task.
+                    await buffer.close()
                 await self._window_updated(event.stream_id)
             elif isinstance(event, h2.events.WindowUpdated):
                 await self._window_updated(event.stream_id)
