@@ -18,7 +18,9 @@ import trio
 from h2_peer import OURS, STOCK, Peer, Server, grpc_headers, of_type, stock_and_ours
 from hypercorn.events import Closed, Event, RawData
 from testsvc.v1 import test_pb2
+from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
+from connect_proto._app.app import ConnectApp
 from connect_proto._server import tcp_server
 from connect_proto._server.serve import make_config
 from connect_proto._wire.envelope import encode_envelope
@@ -339,3 +341,27 @@ async def test_a_writer_held_by_a_window_of_zero_is_released_when_the_client_res
         server.check()
         nursery.cancel_scope.cancel()
     assert released, "the writer still waits for a stream the client reset"
+
+
+async def test_a_window_zero_stream_of_many_messages_is_abandoned_at_the_write_timeout() -> None:
+    """A server stream (a watch on a busy parent) to a client whose window is 0: the
+    handler's writes block once a bounded amount is buffered, its write timeout ends the
+    call, and the stream is reset; before, every message was buffered first."""
+    app = ConnectApp([(TEST_SERVICE, TestServiceImpl())], write_timeout=0.5)
+    async with trio.open_nursery() as nursery:
+        server = await Server(OURS, app, make_config("127.0.0.1", 0)).start(nursery)
+        peer = await Peer.connect(server.port)
+        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        body = encode_envelope(test_pb2.CountRequest(count=10**6).SerializeToString())
+        sid = peer.h2.get_next_available_stream_id()
+        peer.h2.send_headers(sid, grpc_headers(COUNT))
+        peer.h2.send_data(sid, body, end_stream=True)
+        await peer.flush()
+        events = await peer.until(lambda seen: of_type(seen, h2.events.StreamReset), 5)
+        ended = app.open_calls == 0
+        resets = [(r.stream_id, r.error_code) for r in of_type(events, h2.events.StreamReset)]
+        await peer.aclose()
+        server.check()
+        nursery.cancel_scope.cancel()
+    assert resets == [(sid, h2.errors.ErrorCodes.CANCEL)]
+    assert ended
