@@ -47,6 +47,8 @@ from connect_proto._extras.metrics import RpcMetrics, metrics_app
 from connect_proto._extras.reflection import reflection_services
 from connect_proto._headers import Headers
 from connect_proto._hooks import CallOutcome, Interceptor, Observer
+from connect_proto._server.compat import UnsupportedLibraryError
+from connect_proto._server.flood import FloodLimits
 from connect_proto._server.serve import RpcConfig, make_config, serve
 from connect_proto._server.tls import ReloadingTLS
 from connect_proto._service import MethodKind, RpcRoute, route_table
@@ -64,6 +66,7 @@ __all__ = [
     "ConnectApp",
     "ConnectClient",
     "CorsPolicy",
+    "FloodLimits",
     "Headers",
     "HealthService",
     "HealthStatus",
@@ -82,6 +85,7 @@ __all__ = [
     "TokenFileError",
     "TokenGrant",
     "UnaryResult",
+    "UnsupportedLibraryError",
     "configure_logging",
     "healthz_app",
     "load_token_file",

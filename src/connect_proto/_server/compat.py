@@ -27,6 +27,7 @@ _SHAPE = {
         "initiate", "handle", "stream_send", "_handle_events", "_flush", "_create_stream",
         "_close_stream", "_window_updated", "_priority_updated", "send_task",
     ),
+    "hypercorn.protocol.h2.StreamBuffer": ("push", "pop", "close", "drain", "set_complete"),
     "hypercorn.protocol.h11.H11Protocol": (
         "handle", "stream_send", "_handle_events", "_maybe_recycle", "_close_stream",
         "_check_protocol", "_create_stream", "_send_h11_event", "_send_error_response",

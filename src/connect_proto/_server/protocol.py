@@ -29,6 +29,14 @@ HTTP/2 (``RpcH2Protocol``)
   - When the connection closes, every stream's send buffer is closed too: a handler
     still answering (a gRPC call whose client went away) waited forever for the send
     task, which had ended, to drain it, holding shutdown for the grace period (issue 8).
+    Then each stream is told of the disconnect in its own task (issue 10).
+  - A stream buffers at most ``STREAM_BUFFER_LIMIT`` response bytes before its writer
+    waits for the peer's window (``BoundedStreamBuffer``): hypercorn's writer went on
+    whenever the send task looked, even when it took 0 bytes, so a window-0 client was
+    buffered for without bound and an app's write timeout never fired (issue 13).
+  - A stream whose app ended without finishing its response (abandoned at a write
+    timeout, or failed mid-stream) is reset with CANCEL; hypercorn left it open on the
+    live connection, counted against the client's stream limit (issue 14).
   - An idle connection closed by the server (keep-alive timeout, shutdown) first
     sends GOAWAY (``goodbye``), instead of just closing the socket.
 
@@ -62,12 +70,13 @@ from hypercorn.protocol.events import (
     Data,
     EndBody,
     Response,
+    StreamClosed,
     Trailers,
 )
 from hypercorn.protocol.events import (
     Event as StreamEvent,
 )
-from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h2 import BufferCompleteError, H2Protocol, StreamBuffer
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio.task_group import TaskGroup as TrioTaskGroup
 from hypercorn.typing import AppWrapper, ConnectionState, TaskGroup, WorkerContext
@@ -75,11 +84,16 @@ from hypercorn.typing import AppWrapper, ConnectionState, TaskGroup, WorkerConte
 from connect_proto._server.coalescer import WriteCoalescer
 from connect_proto._server.flood import FloodLimits, FloodMeter, Frames
 from connect_proto._server.h2_connection import RpcH2Connection
-from connect_proto._server.scheduler import FairScheduler
+from connect_proto._server.scheduler import FairScheduler, MissingStreamError
 
 log = logging.getLogger("connect_proto._server")
 
 Send = Callable[[Event], Awaitable[None]]
+
+# The most response bytes a stream buffers before its writer waits for the peer to take
+# some (its flow-control window): hypercorn's buffer let a writer go on whenever the send
+# task took anything, even 0 bytes, so a window-0 client was buffered for without end.
+STREAM_BUFFER_LIMIT = 64 * 1024
 
 # Bytes handed to h2 at a time (RpcH2Protocol._receive): about 95 HEADERS+RST_STREAM
 # pairs; a larger frame spans slices (h2 buffers a partial frame).
@@ -92,6 +106,33 @@ class ServerOptions:
 
     coalesce_writes: bool = True
     flood_limits: FloodLimits = field(default_factory=FloodLimits)
+    # A socket write that makes no progress for this long closes the connection.
+    write_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.write_timeout > 0:
+            raise ValueError("write_timeout must be > 0")
+
+
+class BoundedStreamBuffer(StreamBuffer):
+    """hypercorn's per-stream send buffer, whose ``push`` waits while more than
+    ``STREAM_BUFFER_LIMIT`` bytes are buffered (until the send task takes them, or the
+    buffer is closed) rather than until the send task merely looks (issue 13)."""
+
+    async def push(self, data: bytes) -> None:
+        if self._complete:
+            raise BufferCompleteError()
+        self.buffer.extend(data)
+        await self._is_empty.clear()
+        while len(self.buffer) >= STREAM_BUFFER_LIMIT and not self._complete:
+            await self._paused.wait()
+            await self._paused.clear()
+
+    async def pop(self, max_length: int) -> bytes:
+        data = await super().pop(max_length)
+        if len(self.buffer) < STREAM_BUFFER_LIMIT:
+            await self._paused.set()
+        return data
 
 
 def _peer(client: tuple[str, int] | None) -> str:
@@ -153,11 +194,17 @@ class RpcH2Protocol(H2Protocol):
         if isinstance(event, RawData):
             await self._receive(event.data)
             return
-        try:
+        if not isinstance(event, Closed):
             await super().handle(event)
-        finally:
-            if isinstance(event, Closed):
-                await self._release_senders()
+            return
+        self.closed = True
+        await self._release_senders()
+        # Each stream is told on its own: one whose app queue is full (it reads nothing)
+        # must not keep the others from hearing of the disconnect.
+        async with trio.open_nursery() as nursery:
+            for stream_id in list(self.streams):
+                nursery.start_soon(self._close_stream, stream_id)
+        await self.has_data.set()
 
     async def _release_senders(self) -> None:
         """The connection is gone: nothing will drain the stream buffers any more, so a
@@ -197,6 +244,8 @@ class RpcH2Protocol(H2Protocol):
             self._answered.add(event.stream_id)
         if isinstance(event, (Response, Body, Data)):
             self.flood.sent_response_bytes()
+        elif isinstance(event, StreamClosed):
+            await self._reset_if_unfinished(event.stream_id)
         await super().stream_send(event)
         if isinstance(event, Trailers) and self.connection.sending_side_closed(event.stream_id):
             self._trailers_sent.add(event.stream_id)
@@ -204,6 +253,34 @@ class RpcH2Protocol(H2Protocol):
     async def _close_stream(self, stream_id: int) -> None:
         self._answered.discard(stream_id)
         await super()._close_stream(stream_id)
+
+    async def _create_stream(self, request: h2.events.RequestReceived) -> None:
+        await super()._create_stream(request)
+        # Nothing was pushed yet: the app task has not run (no checkpoint since).
+        self.stream_buffers[request.stream_id] = BoundedStreamBuffer(self.context.event_class)
+
+    async def _reset_if_unfinished(self, stream_id: int) -> None:
+        """The app is done with a stream whose response did not end (abandoned at a
+        write timeout, or the handler failed mid-stream): ASGI has no way to say so, and
+        hypercorn left the stream open on a live connection, its buffer held for good.
+        RST_STREAM(CANCEL) tells the client; the send task then drops the buffer
+        (issue 14)."""
+        buffer = self.stream_buffers.get(stream_id)
+        if (
+            self.closed
+            or buffer is None
+            or buffer.complete  # every byte taken; the send task ends the stream
+            or self.connection.sending_side_closed(stream_id)  # trailers ended it
+        ):
+            return
+        self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        await buffer.close()
+        try:
+            self.priority.unblock(stream_id)  # its turn finds it closed and drops it
+        except MissingStreamError:
+            pass
+        await self.has_data.set()
+        await self._flush()
 
     async def _calm_down(self, reason: str) -> None:
         """Close the connection for a flood: GOAWAY ENHANCE_YOUR_CALM, one log line."""
@@ -250,6 +327,11 @@ class RpcH2Protocol(H2Protocol):
                 if event.remote_reset and unanswered and await self._count(Frames.EARLY_RESET):
                     return
                 await self._close_stream(event.stream_id)
+                buffer = self.stream_buffers.get(event.stream_id)
+                if buffer is not None:
+                    # Nothing more can be sent: a writer waiting for a window of 0 (which
+                    # a bounded buffer makes it do) must not wait for the send task.
+                    await buffer.close()
                 await self._window_updated(event.stream_id)
             elif isinstance(event, h2.events.WindowUpdated):
                 await self._window_updated(event.stream_id)

@@ -40,6 +40,7 @@ class RpcConfig(Config):
     tls: ReloadingTLS | None = None
     tls_reload_interval: float | None = 5.0
     h2_flood_limits: FloodLimits = FloodLimits()
+    write_timeout: float = 30.0
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is not None:
@@ -60,6 +61,7 @@ def make_config(
     graceful_timeout: float = 5.0,
     h2_max_concurrent_streams: int = 1000,
     h2_flood_limits: FloodLimits | None = None,
+    write_timeout: float = 30.0,
     access_log: bool = False,
 ) -> RpcConfig:
     """A hypercorn Config for serving RPCs.
@@ -72,9 +74,13 @@ def make_config(
     when they change (None: never). ``h2_max_concurrent_streams`` is the HTTP/2
     SETTINGS_MAX_CONCURRENT_STREAMS each connection advertises; ``h2_flood_limits`` the
     per-connection budgets for resets, PINGs, SETTINGS and empty DATA (flood.py).
+    ``write_timeout``: a socket write that makes no progress for this many seconds (the
+    client stopped reading) closes the connection.
     """
     if h2_max_concurrent_streams < 1:
         raise ValueError("h2_max_concurrent_streams must be >= 1")
+    if not write_timeout > 0:
+        raise ValueError("write_timeout must be > 0")
     config = RpcConfig()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.alpn_protocols = ["h2", "http/1.1"]
@@ -84,6 +90,7 @@ def make_config(
     config.h2_max_concurrent_streams = h2_max_concurrent_streams
     if h2_flood_limits is not None:
         config.h2_flood_limits = h2_flood_limits
+    config.write_timeout = write_timeout
     config.accesslog = "-" if access_log else None
     # Through logging, so applications and tests decide what is shown.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -144,6 +151,7 @@ async def serve(
     options = ServerOptions(
         coalesce_writes=coalesce_writes,
         flood_limits=getattr(config, "h2_flood_limits", FloodLimits()),
+        write_timeout=getattr(config, "write_timeout", RpcConfig.write_timeout),
     )
     shutdown = trio.Event()
     # Duck-typed so that wrapping middleware can forward it; looked up once, here.

@@ -10,15 +10,29 @@ Differences from hypercorn, each in docs/hypercorn-upstream.md:
 - When the server shuts down, an idle connection is closed at once (after GOAWAY on
   HTTP/2); one whose request is being read or answered is left to finish and close
   after its answer (issue 7).
+- A connection's clean-up (the protocol's handling of ``Closed``: every stream told of
+  the disconnect) runs in the connection's own closer task, shielded and bounded by
+  ``CLOSE_TIMEOUT``. hypercorn ran it in whichever task found the socket broken, often
+  an app task inside its send, where the call's deadline or write timeout could cancel
+  it part-way: streams already forgotten were never sent ``http.disconnect`` and their
+  handlers (watches) ran forever (issue 10).
+- When the read loop ends, the keep-alive timer stops: it held the connection's task
+  group, its socket and two tasks open for ``keep_alive_timeout`` after the client
+  closed an idle connection (issue 11).
+- Each socket write makes progress within ``write_timeout`` (per ``WRITE_CHUNK``) or
+  the connection is closed: hypercorn writes shielded, so a client that stopped reading
+  TCP held an HTTP/1.1 response (and its handler) beyond any app timeout (issue 12).
 """
 
 from __future__ import annotations
 
+from math import inf
+
 import trio
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.trio.task_group import TaskGroup
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
@@ -27,6 +41,10 @@ from connect_proto._server.protocol import RpcProtocolWrapper, ServerOptions
 
 # How long closing an idle connection waits for its GOAWAY to be written.
 GOODBYE_TIMEOUT = 1.0
+# How long the clean-up of a closed connection may take (telling its streams).
+CLOSE_TIMEOUT = 5.0
+# Bytes per socket write bounded by the write timeout: "no progress for write_timeout".
+WRITE_CHUNK = 64 * 1024
 
 
 class RpcTCPServer(TCPServer):
@@ -43,6 +61,10 @@ class RpcTCPServer(TCPServer):
         super().__init__(app, config, context, state, stream)
         self.options = options
         self.protocol: RpcProtocolWrapper  # type: ignore[assignment]
+        self._lost = trio.Event()  # the connection is over: the closer cleans up
+        self._broken = False  # a write failed or stalled: later writes are dropped
+        self._reading = True  # the read loop has not ended
+        self._receive_scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
         # hypercorn's TCPServer.run, with RpcProtocolWrapper.
@@ -78,6 +100,7 @@ class RpcTCPServer(TCPServer):
                     alpn_protocol,
                     options=self.options,
                 )
+                task_group.spawn(self._closer)
                 await self.protocol.initiate()
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
                 await self._read_data()
@@ -86,13 +109,83 @@ class RpcTCPServer(TCPServer):
         finally:
             await self._close()
 
-    async def protocol_send(self, event: Event) -> None:
-        try:
-            await super().protocol_send(event)
-        except trio.BusyResourceError:
-            # Only _close() touches the socket outside the send lock, so the connection
-            # is closing: the same outcome as a broken socket.
+    def _connection_lost(self) -> None:
+        """Hand the clean-up to the closer task and stop the read loop. Synchronous, so
+        no cancel can land between finding the connection gone and saying so."""
+        self._lost.set()
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+    async def _closer(self) -> None:
+        await self._lost.wait()
+        # Never part-way: a stream forgotten but not told would run forever.
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
             await self.protocol.handle(Closed())
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            async with self.send_lock:
+                if self._broken:
+                    return  # the connection is closing; these bytes cannot arrive
+                try:
+                    with trio.CancelScope(shield=True):
+                        if await self._send_all(event.data):
+                            return
+                        # No progress for the write timeout: hypercorn writes shielded,
+                        # so a client that stopped reading TCP would hold the connection
+                        # and its handlers for good.
+                        await trio.aclose_forcefully(self.stream)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                except trio.BusyResourceError:
+                    pass  # only _close() sends outside the lock: the connection is closing
+                self._broken = True
+            self._connection_lost()
+        elif isinstance(event, Closed):
+            await self._close()
+            self._connection_lost()
+        elif isinstance(event, Updated):
+            if not event.idle:
+                await self.idle_task.stop()
+            elif self._reading:  # after the read loop no timer is needed (or waited for)
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+
+    async def _send_all(self, data: bytes) -> bool:
+        """Write ``data``; False when a ``WRITE_CHUNK`` made no way in ``write_timeout``."""
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_CHUNK):
+            with trio.move_on_after(self.options.write_timeout):
+                await self.stream.send_all(view[start : start + WRITE_CHUNK])
+                continue
+            return False
+        return True
+
+    async def _read_data(self) -> None:
+        # hypercorn's loop; the clean-up goes to the closer, the keep-alive timer stops.
+        try:
+            while not self._lost.is_set():
+                with trio.CancelScope() as self._receive_scope:
+                    try:
+                        with trio.fail_after(self.config.read_timeout or inf):
+                            data = await self.stream.receive_some(MAX_RECV)
+                    except (
+                        trio.ClosedResourceError,
+                        trio.BrokenResourceError,
+                        trio.TooSlowError,
+                    ):
+                        break
+                self._receive_scope = None
+                if self._lost.is_set():
+                    break
+                await self.protocol.handle(RawData(bytes(data)))
+                if data == b"":
+                    break
+        finally:
+            self._receive_scope = None
+            self._reading = False
+            self._connection_lost()
+            with trio.CancelScope(shield=True):
+                await self.idle_task.stop()
 
     async def _initiate_server_close(self) -> None:
         # Runs (shielded) when the keep-alive timeout passes or the server shuts down.
