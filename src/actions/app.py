@@ -456,6 +456,7 @@ def hypercorn_config(config: Config) -> RpcConfig:
         tls_reload_interval=config.tls_reload_interval,
         graceful_timeout=config.graceful_timeout,
         keep_alive_timeout=config.keep_alive_timeout,
+        write_timeout=config.write_timeout,
         h2_max_concurrent_streams=config.max_streams_per_connection,
     )
 
