@@ -2,7 +2,7 @@
 
 A conflict storm: many concurrent ``Update`` calls on one action. Each is a read, a
 computed status and a write guarded by the resourceVersion; a Conflict is retried on a
-fresh read, so every update lands (or is refused by the contract, for a superseded
+fresh read, so every update lands (or is refused, as docs/contract.md says, for a superseded
 attempt) and none overwrites another. Checked on the change stream: one write per
 accepted update, carrying that update's fields.
 """

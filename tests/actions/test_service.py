@@ -1012,7 +1012,7 @@ async def test_watch_client_leaving_releases_subscription(env: Env) -> None:
 
 @pytest.mark.parametrize("backend", ["embedded", "kubernetes"])
 async def test_watch_change_between_subscribe_and_snapshot_is_not_missed(backend: str) -> None:
-    """Contract 2: a write landing after the snapshot list was read (but before it is
+    """docs/contract.md, WatchForUpdates 2: a write landing after the snapshot list was read (but before it is
     sent) still reaches the stream."""
 
     class WriteDuringList:
