@@ -1012,8 +1012,8 @@ async def test_watch_client_leaving_releases_subscription(env: Env) -> None:
 
 @pytest.mark.parametrize("backend", ["embedded", "kubernetes"])
 async def test_watch_change_between_subscribe_and_snapshot_is_not_missed(backend: str) -> None:
-    """docs/contract.md, WatchForUpdates 2: a write landing after the snapshot list was read (but before it is
-    sent) still reaches the stream."""
+    """docs/contract.md, WatchForUpdates 2: a write landing after the snapshot list was
+    read (but before it is sent) still reaches the stream."""
 
     class WriteDuringList:
         def __init__(self, inner: Any) -> None:
