@@ -67,6 +67,7 @@ from connect_proto import (
     AccessLog,
     BearerAuth,
     ConnectApp,
+    FloodLimits,
     HealthService,
     HealthStatus,
     Interceptor,
@@ -458,6 +459,14 @@ def hypercorn_config(config: Config) -> RpcConfig:
         keep_alive_timeout=config.keep_alive_timeout,
         write_timeout=config.write_timeout,
         h2_max_concurrent_streams=config.max_streams_per_connection,
+        h2_flood_limits=FloodLimits(
+            window=config.h2_flood_window,
+            early_resets=config.h2_flood_early_resets,
+            early_reset_share=config.h2_flood_early_reset_share,
+            pings=config.h2_flood_pings,
+            settings=config.h2_flood_settings,
+            empty_data=config.h2_flood_empty_data,
+        ),
     )
 
 

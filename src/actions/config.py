@@ -110,6 +110,14 @@ class Config:
     max_server_streams: int | None = 11_000  # watches, health watches, reflection
     max_server_streams_per_connection: int | None = 500
     max_message_size: int = 4 * 1024 * 1024
+    # HTTP/2 flood limits per connection (connect_proto.FloodLimits): past any of them
+    # within the window the connection gets GOAWAY ENHANCE_YOUR_CALM.
+    h2_flood_window: float = 10.0
+    h2_flood_early_resets: int = 200  # rapid reset, CVE-2023-44487
+    h2_flood_early_reset_share: float = 0.5
+    h2_flood_pings: int = 100
+    h2_flood_settings: int = 100
+    h2_flood_empty_data: int = 1000
     # Logs.
     log_format: LogFormat = "plain"
     log_level: str = "INFO"
@@ -298,6 +306,10 @@ def _at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be at least {low:g}, got {v!r}"
 
 
+def _share(v: Any) -> str | None:
+    return None if 0 <= v < 1 else f"must be at least 0 and below 1, got {v!r}"
+
+
 def _positive(v: Any) -> str | None:
     return None if v > 0 else f"must be greater than 0, got {v!r}"
 
@@ -420,6 +432,21 @@ KEYS: Final[tuple[Key, ...]] = (
         True, valid=_at_least(1)),
     Key("actions.limits.maxMessageSize", "max_message_size", _Int(),
         "largest request or response message, bytes", valid=_at_least(1024)),
+    Key("actions.limits.h2Flood.window", "h2_flood_window", _Float(),
+        "seconds over which the HTTP/2 flood limits count frames", valid=_positive),
+    Key("actions.limits.h2Flood.earlyResets", "h2_flood_early_resets", _Int(),
+        "streams a client may reset before their response, per connection and window",
+        valid=_at_least(1)),
+    Key("actions.limits.h2Flood.earlyResetShare", "h2_flood_early_reset_share", _Float(),
+        "share of the streams opened that must be reset early too before it counts",
+        valid=_share),
+    Key("actions.limits.h2Flood.pings", "h2_flood_pings", _Int(),
+        "PINGs while nothing is sent, per connection and window", valid=_at_least(1)),
+    Key("actions.limits.h2Flood.settings", "h2_flood_settings", _Int(),
+        "SETTINGS frames per connection and window", valid=_at_least(1)),
+    Key("actions.limits.h2Flood.emptyData", "h2_flood_empty_data", _Int(),
+        "empty DATA frames that do not end a stream, per connection and window",
+        valid=_at_least(1)),
     Key("actions.log.format", "log_format", _Str(LOG_FORMATS), "plain or json",
         flag="--log-format"),
     Key("actions.log.level", "log_level", _Str(LOG_LEVELS, upper=True), "log level",

@@ -273,9 +273,14 @@ def test_listener_settings_reach_hypercorn(tmp_path: Path) -> None:
         tls_client_ca_file=cafile,
         tls_require_client_cert=True,
         tls_reload_interval=1.0,
+        write_timeout=4.0,
+        h2_flood_early_resets=9,
+        h2_flood_window=3.0,
     ).validate()
     hconfig = hypercorn_config(config)
     assert hconfig.h2_max_concurrent_streams == 7
+    assert hconfig.write_timeout == 4.0
+    assert (hconfig.h2_flood_limits.early_resets, hconfig.h2_flood_limits.window) == (9, 3.0)
     assert hconfig.graceful_timeout == 2.5
     assert hconfig.tls is not None and hconfig.tls.client_ca == str(cafile)
     assert hconfig.tls_reload_interval == 1.0
