@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -28,8 +28,8 @@ from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError
 from connect_proto._hooks import Interceptor
 from connect_proto._service import MethodKind, RpcRoute
-from connect_proto._types import AsgiReceive, AsgiSend
-from connect_proto._wire.protocol import AsgiEvent, ServerCall
+from connect_proto._types import AsgiEvent, AsgiReceive, AsgiSend
+from connect_proto._wire.protocol import ServerCall
 
 log = logging.getLogger("connect_proto")
 
@@ -74,7 +74,8 @@ class RequestBody:
             raise ClientDisconnected
         if not message.get("more_body", False):
             self.complete = True
-        return message.get("body", b"")
+        body: bytes = message.get("body", b"")
+        return body
 
     async def wait_disconnect(self) -> None:
         """Discard body chunks until the client disconnects."""
@@ -211,6 +212,24 @@ async def read_single(call: ServerCall, body: RequestBody) -> Message:
         what = "no request message" if not messages else "more than one request message"
         raise RpcError(Code.UNIMPLEMENTED, f"protocol error: {what} for a unary request")
     return messages[0]
+
+
+class StreamSender:
+    """A response-streaming handler's ``send``: ``await send(message)`` writes one
+    message; ``await send.many(messages)`` writes several, in order, in one body write
+    (one flow-control wait and one write bound for all of them, e.g. a snapshot)."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: CallRunner) -> None:
+        self._runner = runner
+
+    async def __call__(self, message: Message) -> None:
+        await self._runner.send_messages((message,))
+
+    async def many(self, messages: Sequence[Message]) -> None:
+        if messages:
+            await self._runner.send_messages(messages)
 
 
 class CallRunner:
@@ -505,11 +524,12 @@ class CallRunner:
 
     async def _stream(self, handler: Callable[..., Awaitable[None]], request: Any) -> None:
         """Run a response-streaming handler; a server shutdown ends it with UNAVAILABLE."""
+        send = StreamSender(self)
         if self._shutdown is None:
-            await handler(request, self.ctx, self._send_message)
+            await handler(request, self.ctx, send)
             return
         with self._shutdown.stream_scope() as stop:
-            await handler(request, self.ctx, self._send_message)
+            await handler(request, self.ctx, send)
         if stop.cancelled_caught:
             raise shutting_down_error()
 
@@ -526,17 +546,24 @@ class CallRunner:
         # never interrupt a half-written unary response.
         return self.call.unary_events(response, self.ctx)
 
-    async def _send_message(self, message: Message) -> None:
-        if not isinstance(message, self.route.output_type):
-            raise TypeError(
-                f"{self.route.path} streams {self.route.output_type.__name__}, "
-                f"not {type(message).__name__}"
-            )
+    async def send_messages(self, messages: Sequence[Message]) -> None:
+        """Write streamed response messages, in order; one body event for them all."""
+        output_type = self.route.output_type
+        for message in messages:
+            if not isinstance(message, output_type):
+                raise TypeError(
+                    f"{self.route.path} streams {output_type.__name__}, "
+                    f"not {type(message).__name__}"
+                )
+        if len(messages) == 1:
+            events = self.call.message_events(messages[0], self.ctx)
+        else:
+            events = self.call.messages_events(messages, self.ctx)
         with trio.move_on_after(self._write_timeout) as write_scope:
-            await self.emit(self.call.message_events(message, self.ctx))
+            await self.emit(events)
         if write_scope.cancelled_caught:
             raise WriteStalled(self.route.path)
-        self.messages_sent += 1
+        self.messages_sent += len(messages)
 
 
 __all__ = [
@@ -545,6 +572,7 @@ __all__ = [
     "ClientDisconnected",
     "RequestBody",
     "SharedWatch",
+    "StreamSender",
     "WriteStalled",
     "first_rpc_error",
 ]
