@@ -368,6 +368,14 @@ class CallRunner:
                             raise
                         log.exception("handler for %s failed", self.route.path)
                         error = RpcError(Code.INTERNAL, "internal error")
+            else:
+                if final is not None and not scope.cancel_called:
+                    # The usual unary answer is written in this same scope, its deadline
+                    # now the write's: one cancel scope per call, not two.
+                    self._handler_scope = None
+                    scope.deadline = trio.current_time() + self._write_timeout
+                    await self._answer_in_scope(scope, final)
+                    return
         self._handler_scope = None
         # One turn for the connection's other tasks between the handler and its answer,
         # as when the handler ran in a nursery of its own: the server reads the rest of
@@ -384,6 +392,21 @@ class CallRunner:
             self.messages_sent = 1
         else:
             await self._emit_final(call.end_events(None, self.ctx))
+
+    async def _answer_in_scope(self, scope: trio.CancelScope, events: list[AsgiEvent]) -> None:
+        """Write a unary answer inside ``scope`` (re-armed with the write timeout; the
+        caller's ``with`` catches its cancellation), as ``_emit_final`` would."""
+        self._write_scope = scope
+        self.messages_sent = 1
+        try:
+            # The turn for the connection's other tasks (see ``_run``).
+            await trio.lowlevel.checkpoint()
+            if not self.body.disconnected:
+                await await_watching(self._emit_final_events(events), self._final_watch())
+        finally:
+            self._write_scope = None
+            if scope.cancel_called and not self.body.disconnected and not self.completed:
+                self._abandon()
 
     def _abandon(self) -> None:
         self.abandoned = True
@@ -459,15 +482,7 @@ class CallRunner:
         """
         if self.body.disconnected:
             return
-        watch: Callable[[], None]
-        if self._http1:
-            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
-            # deadline bounds them) and reports a disconnect only once they are written.
-            watch = _ignore
-        elif self._shared is None or not self.body.complete:
-            watch = self._watch
-        else:
-            watch = self._wait
+        watch = self._final_watch()
         with trio.move_on_after(self._write_timeout) as write_scope:
             self._write_scope = write_scope
             try:
@@ -476,6 +491,16 @@ class CallRunner:
                 self._write_scope = None
         if write_scope.cancelled_caught and not self.body.disconnected:
             self._abandon()
+
+    def _final_watch(self) -> Callable[[], None]:
+        """What a final write calls when it first waits (see ``_emit_final``)."""
+        if self._http1:
+            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
+            # deadline bounds them) and reports a disconnect only once they are written.
+            return _ignore
+        if self._shared is None or not self.body.complete:
+            return self._watch
+        return self._wait
 
     def watch_now(self) -> None:
         """Start watching for the client's disconnect (the app's sweeper calls this for
