@@ -3,8 +3,9 @@
 
 The ASGI ``receive`` hands over the request body at once and ``send`` only counts the
 events, so what is timed is our own work per call: dispatch, the runner, encoding and
-the handler (``TestServiceImpl``: Echo, and Count for a stream of N messages), with
-the ASGI lifespan running as under a server. The load generator and hypercorn are not
+the handler (``TestServiceImpl``: Echo, and Count for a stream of N messages, sent one
+by one or, as a watch snapshot is, with ``send.many`` where the layer has it), with the
+ASGI lifespan running as under a server. The load generator and hypercorn are not
 in the figure; compare two checkouts on the same machine at the same time::
 
     python bench/asgi_overhead.py
@@ -40,6 +41,19 @@ ECHO = "/testsvc.v1.TestService/Echo"
 COUNT = "/testsvc.v1.TestService/Count"
 
 
+class BatchingService(TestServiceImpl):
+    """Count sends its messages in one ``send.many`` (one by one without it)."""
+
+    async def count(self, request: Any, ctx: Any, send: Any) -> None:
+        messages = [test_pb2.CountResponse(number=n) for n in range(1, request.count + 1)]
+        many = getattr(send, "many", None)
+        if many is not None:
+            await many(messages)
+        else:
+            for message in messages:
+                await send(message)
+
+
 def _scope(path: str, content_type: bytes, extra: list[tuple[bytes, bytes]]) -> dict[str, Any]:
     return {
         "type": "http",
@@ -55,20 +69,23 @@ def _scope(path: str, content_type: bytes, extra: list[tuple[bytes, bytes]]) -> 
     }
 
 
-def cases(stream_messages: int) -> dict[str, tuple[dict[str, Any], bytes]]:
+def cases(stream_messages: int) -> dict[str, tuple[dict[str, Any], bytes, bool]]:
     echo = test_pb2.EchoRequest(message="hello").SerializeToString()
     count = test_pb2.CountRequest(count=stream_messages).SerializeToString()
+    connect_count = _scope(COUNT, b"application/connect+proto", [])
+    grpc_count = _scope(COUNT, b"application/grpc", [])
+    n = stream_messages
     return {
-        "connect unary Echo": (_scope(ECHO, b"application/proto", []), echo),
-        "grpc unary Echo": (_scope(ECHO, b"application/grpc", []), encode_envelope(echo, 0)),
-        f"connect stream Count({stream_messages})": (
-            _scope(COUNT, b"application/connect+proto", []),
-            encode_envelope(count, 0),
+        "connect unary Echo": (_scope(ECHO, b"application/proto", []), echo, False),
+        "grpc unary Echo": (
+            _scope(ECHO, b"application/grpc", []),
+            encode_envelope(echo, 0),
+            False,
         ),
-        f"grpc stream Count({stream_messages})": (
-            _scope(COUNT, b"application/grpc", []),
-            encode_envelope(count, 0),
-        ),
+        f"connect stream {n} x send": (connect_count, encode_envelope(count, 0), False),
+        f"grpc stream {n} x send": (grpc_count, encode_envelope(count, 0), False),
+        f"connect stream {n} send.many": (connect_count, encode_envelope(count, 0), True),
+        f"grpc stream {n} send.many": (grpc_count, encode_envelope(count, 0), True),
     }
 
 
@@ -101,6 +118,8 @@ async def run_case(
 
 async def main(args: argparse.Namespace) -> None:
     app = ConnectApp(services=[(TEST_SERVICE, TestServiceImpl())])
+    # Streams watch from a nursery of their own with or without a lifespan.
+    batching = ConnectApp(services=[(TEST_SERVICE, BatchingService())])
     send_life, receive_life = trio.open_memory_channel[dict[str, Any]](1)
     to_app, from_test = trio.open_memory_channel[dict[str, Any]](1)
 
@@ -114,11 +133,11 @@ async def main(args: argparse.Namespace) -> None:
         results: dict[str, list[float]] = {}
         per_call_events: dict[str, float] = {}
         all_cases = cases(args.stream_messages)
-        for scope, body in all_cases.values():
-            await run_case(app, scope, body, min(args.calls, 2000))  # warm-up
+        for scope, body, many in all_cases.values():
+            await run_case(batching if many else app, scope, body, min(args.calls, 2000))
         for _ in range(args.rounds):
-            for name, (scope, body) in all_cases.items():
-                us, events = await run_case(app, scope, body, args.calls)
+            for name, (scope, body, many) in all_cases.items():
+                us, events = await run_case(batching if many else app, scope, body, args.calls)
                 results.setdefault(name, []).append(us)
                 per_call_events[name] = events
         await to_app.send({"type": "lifespan.shutdown"})
