@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import trio
 from asgi_driver import Response, call_app
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
@@ -98,3 +99,47 @@ async def test_grpc_unary_answer_is_head_body_trailers() -> None:
     assert r.trailer("grpc-status") == "0"
     (_flags, payload), *_ = r.envelopes()
     assert test_pb2.EchoResponse.FromString(payload).message == "hi"
+
+
+async def test_unary_call_without_a_nursery_still_ends_when_its_client_leaves() -> None:
+    """With the lifespan running, a unary call has no watcher of its own: the app's
+    sweeper starts one once the call has waited, and the disconnect cancels the handler."""
+    impl = TestServiceImpl()
+    app = ConnectApp(services=[(TEST_SERVICE, impl)])
+    life_in, life_receive = trio.open_memory_channel[dict[str, Any]](1)
+    life_out, life_events = trio.open_memory_channel[dict[str, Any]](1)
+    sent: list[dict[str, Any]] = []
+    body = test_pb2.SleepRequest(ms=600_000).SerializeToString()
+    given = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await trio.sleep(0.2)  # the client leaves while the handler sleeps
+        return {"type": "http.disconnect"}
+
+    async def send(event: dict[str, Any]) -> None:
+        sent.append(event)
+
+    scope = {
+        "type": "http",
+        "http_version": "2",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/testsvc.v1.TestService/Sleep",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/proto")],
+        "client": ("127.0.0.1", 1),
+    }
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, {"type": "lifespan"}, life_receive.receive, life_out.send)
+        await life_in.send({"type": "lifespan.startup"})
+        assert (await life_events.receive())["type"] == "lifespan.startup.complete"
+        with trio.fail_after(10):  # an end, not a speed: the sweeper's grace is 0.5 s
+            await app(scope, receive, send)
+        await life_in.send({"type": "lifespan.shutdown"})
+        await life_events.receive()
+    assert impl.cancelled == ["sleep"]
+    assert sent == []  # the client is gone: nothing written
