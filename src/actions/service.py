@@ -11,6 +11,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -52,6 +53,11 @@ _SIMPLE_CONDITION_TYPES: Final = frozenset(
 )
 
 Send = Callable[[pb.WatchForUpdatesResponse], Awaitable[None]]
+
+
+async def _send_each(send: Send, responses: list[pb.WatchForUpdatesResponse]) -> None:
+    for response in responses:
+        await send(response)
 
 
 def _too_large(exc: TooLarge) -> RpcError:
@@ -304,12 +310,15 @@ class ActionsService:
         with fanout.subscribe(objects.WatchKey.for_parent(parent_id)) as sub:
             snapshot, list_rv = await self._snapshot(parent_id)
             sub.min_rv = list_rv
-            for response in snapshot:
-                await send(response)
-            await send(objects.SENTINEL)
+            # The server's send writes a list in one body write when it can
+            # (connect_proto's ``send.many``); any other send gets them one by one.
+            send_many = getattr(send, "many", None)
+            if send_many is None:
+                send_many = partial(_send_each, send)
+            snapshot.append(objects.SENTINEL)
+            await send_many(snapshot)
             while True:
-                for response in await sub.next_batch():
-                    await send(response)
+                await send_many(await sub.next_batch())
 
     async def _snapshot(
         self, parent_id: ActionIdentifier

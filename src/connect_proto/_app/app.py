@@ -19,6 +19,7 @@ from connect_proto._app.runner import (
     WRITE_TIMEOUT,
     CallRunner,
     RequestBody,
+    SharedWatch,
 )
 from connect_proto._app.shutdown import ShutdownSignal, shutting_down_error
 from connect_proto._context import RequestContext
@@ -35,8 +36,8 @@ from connect_proto._wire.protocol import CallConfig
 
 log = logging.getLogger("connect_proto")
 
-# How long a final write may wait before its disconnect watcher starts (and so, about,
-# how long after its client left an abandoned write is noticed).
+# How long a unary call (handler or final write) may wait before its disconnect watcher
+# starts (and so, about, how long after its client left an abandoned write is noticed).
 PENDING_WRITE_GRACE = 0.5
 
 
@@ -101,9 +102,10 @@ class ConnectApp:
             raise ValueError("write_timeout must be > 0")
         self.write_timeout = write_timeout
         self.open_calls = 0  # RPCs accepted and not yet over
-        # Final writes that are waiting, and since when; swept by a task that runs with
-        # the ASGI lifespan (None without one: then every waiting write watches at once).
-        self._pending_writes: dict[CallRunner, float] | None = None
+        # The lifespan's nursery for disconnect watchers and the unary calls waiting,
+        # swept by a task that runs with the ASGI lifespan (None without one: then every
+        # call watches from a nursery of its own, from its first wait).
+        self._shared_watch: SharedWatch | None = None
         bind_all((*self._interceptors, *self._observers, self._limiter), routes)
         self._request_id_header = None if request_id_header is None else request_id_header.lower()
         self.shutdown = ShutdownSignal()
@@ -193,7 +195,7 @@ class ConnectApp:
             admit=admit,
             shutdown=self.shutdown,
             write_timeout=self.write_timeout,
-            pending_writes=self._pending_writes,
+            shared=self._shared_watch,
         )
         self.open_calls += 1
         if not self._observers and admit is None:
@@ -279,17 +281,16 @@ class ConnectApp:
 
     async def _run_lifespan(self, receive: AsgiReceive, send: AsgiSend) -> None:
         async with trio.open_nursery() as nursery:
-            pending: dict[CallRunner, float] = {}
-            self._pending_writes = pending
-            nursery.start_soon(self._sweep_pending_writes, pending)
+            shared = self._shared_watch = SharedWatch(nursery)
+            nursery.start_soon(self._sweep_pending, shared.pending)
             try:
                 await self._lifespan_protocol(receive, send)
             finally:
-                self._pending_writes = None
+                self._shared_watch = None
                 nursery.cancel_scope.cancel()
 
-    async def _sweep_pending_writes(self, pending: dict[CallRunner, float]) -> None:
-        """Start the disconnect watcher of every final write waiting longer than
+    async def _sweep_pending(self, pending: dict[CallRunner, float]) -> None:
+        """Start the disconnect watcher of every unary call waiting longer than
         ``PENDING_WRITE_GRACE`` (see ``CallRunner._emit_final``)."""
         while True:
             await trio.sleep(PENDING_WRITE_GRACE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import trio
@@ -28,8 +28,8 @@ from connect_proto._context import RequestContext
 from connect_proto._errors import Code, RpcError
 from connect_proto._hooks import Interceptor
 from connect_proto._service import MethodKind, RpcRoute
-from connect_proto._types import AsgiReceive, AsgiSend
-from connect_proto._wire.protocol import AsgiEvent, ServerCall
+from connect_proto._types import AsgiEvent, AsgiReceive, AsgiSend
+from connect_proto._wire.protocol import ServerCall
 
 log = logging.getLogger("connect_proto")
 
@@ -74,7 +74,8 @@ class RequestBody:
             raise ClientDisconnected
         if not message.get("more_body", False):
             self.complete = True
-        return message.get("body", b"")
+        body: bytes = message.get("body", b"")
+        return body
 
     async def wait_disconnect(self) -> None:
         """Discard body chunks until the client disconnects."""
@@ -138,6 +139,20 @@ def _ignore() -> None:
     pass
 
 
+class SharedWatch:
+    """What the calls of one app share while its lifespan runs: a nursery for the
+    disconnect watchers of unary calls, and the unary calls that have been waiting
+    (handler or final write) and since when. The app's sweeper starts the watcher of any
+    call still waiting after a grace; a unary call that never waits that long (nearly
+    all) then costs no nursery and no task."""
+
+    __slots__ = ("nursery", "pending")
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self.pending: dict[CallRunner, float] = {}
+
+
 def first_rpc_error(exc: BaseException) -> RpcError | None:
     """The RpcError inside ``exc`` (handlers may raise it out of a nursery), if any."""
     if isinstance(exc, RpcError):
@@ -199,6 +214,24 @@ async def read_single(call: ServerCall, body: RequestBody) -> Message:
     return messages[0]
 
 
+class StreamSender:
+    """A response-streaming handler's ``send``: ``await send(message)`` writes one
+    message; ``await send.many(messages)`` writes several, in order, in one body write
+    (one flow-control wait and one write bound for all of them, e.g. a snapshot)."""
+
+    __slots__ = ("_runner",)
+
+    def __init__(self, runner: CallRunner) -> None:
+        self._runner = runner
+
+    async def __call__(self, message: Message) -> None:
+        await self._runner.send_messages((message,))
+
+    async def many(self, messages: Sequence[Message]) -> None:
+        if messages:
+            await self._runner.send_messages(messages)
+
+
 class CallRunner:
     """Runs one accepted call to completion.
 
@@ -208,7 +241,10 @@ class CallRunner:
     never holds a limited resource. ``admitted`` tells the app to give the slot back.
     Stream handlers run in a scope from ``shutdown``, so a server shutdown ends them with
     UNAVAILABLE. Every write is bounded by ``write_timeout`` and abandoned at a
-    disconnect (see the module docstring). Afterwards ``error``, ``completed``,
+    disconnect (see the module docstring). With ``shared`` (the app's lifespan is
+    running), a unary call runs in the ASGI task itself and watches for a disconnect only
+    once it has waited a while (see ``SharedWatch``); other calls, and every call
+    without it, watch from a nursery of their own. Afterwards ``error``, ``completed``,
     ``abandoned`` and the message counts tell observers how the call ended.
     """
 
@@ -225,7 +261,7 @@ class CallRunner:
         admit: Callable[[], RpcError | None] | None = None,
         shutdown: ShutdownSignal | None = None,
         write_timeout: float = WRITE_TIMEOUT,
-        pending_writes: dict[CallRunner, float] | None = None,
+        shared: SharedWatch | None = None,
     ) -> None:
         self.call = call
         self.route = route
@@ -239,9 +275,10 @@ class CallRunner:
         self._admit = admit
         self._shutdown = shutdown
         self._write_timeout = write_timeout
-        self._pending_writes = pending_writes  # final writes waiting, and since when
+        self._shared = shared
         self._watcher: trio.Nursery | None = None  # where the disconnect watcher runs
         self._watching = False
+        self._watch_scope: trio.CancelScope | None = None  # the watcher's, once started
         self._handler_scope: trio.CancelScope | None = None
         self._write_scope: trio.CancelScope | None = None  # the final write, while it waits
         self._sending = False  # inside the server's send
@@ -274,6 +311,20 @@ class CallRunner:
             scope.cancel()
 
     async def run(self) -> None:
+        shared = self._shared
+        if shared is not None and self.route.kind is MethodKind.UNARY:
+            # A nursery and a task per call cost more than a small handler; the watcher,
+            # if this call ever waits long enough to need one, runs in the shared nursery.
+            self._watcher = shared.nursery
+            try:
+                await self._run()
+            finally:
+                self._watcher = None
+                shared.pending.pop(self, None)
+                if self._watch_scope is not None:
+                    self._watch_scope.cancel()
+            return
+        self._shared = None  # a streaming call watches at once, from its own nursery
         async with trio.open_nursery() as nursery:
             self._watcher = nursery
             try:
@@ -296,7 +347,7 @@ class CallRunner:
         scope = self._handler_scope = trio.CancelScope(deadline=self.ctx.deadline)
         with scope:
             try:
-                final = await self._invoke(self._watch)
+                final = await self._invoke(self._watch if self._shared is None else self._wait)
             except ClientDisconnected:
                 self.body.disconnected = True
             except WriteStalled:
@@ -317,6 +368,14 @@ class CallRunner:
                             raise
                         log.exception("handler for %s failed", self.route.path)
                         error = RpcError(Code.INTERNAL, "internal error")
+            else:
+                if final is not None and not scope.cancel_called:
+                    # The usual unary answer is written in this same scope, its deadline
+                    # now the write's: one cancel scope per call, not two.
+                    self._handler_scope = None
+                    scope.deadline = trio.current_time() + self._write_timeout
+                    await self._answer_in_scope(scope, final)
+                    return
         self._handler_scope = None
         # One turn for the connection's other tasks between the handler and its answer,
         # as when the handler ran in a nursery of its own: the server reads the rest of
@@ -334,6 +393,21 @@ class CallRunner:
         else:
             await self._emit_final(call.end_events(None, self.ctx))
 
+    async def _answer_in_scope(self, scope: trio.CancelScope, events: list[AsgiEvent]) -> None:
+        """Write a unary answer inside ``scope`` (re-armed with the write timeout; the
+        caller's ``with`` catches its cancellation), as ``_emit_final`` would."""
+        self._write_scope = scope
+        self.messages_sent = 1
+        try:
+            # The turn for the connection's other tasks (see ``_run``).
+            await trio.lowlevel.checkpoint()
+            if not self.body.disconnected:
+                await await_watching(self._emit_final_events(events), self._final_watch())
+        finally:
+            self._write_scope = None
+            if scope.cancel_called and not self.body.disconnected and not self.completed:
+                self._abandon()
+
     def _abandon(self) -> None:
         self.abandoned = True
         # DEBUG: under abuse this is one line per call, and the access log has the call.
@@ -346,26 +420,41 @@ class CallRunner:
         if self._watching or self._watcher is None:
             return
         self._watching = True
-        self._watcher.start_soon(self._watch_disconnect)
-
-    async def _watch_disconnect(self) -> None:
+        scope = self._watch_scope = trio.CancelScope()
         try:
-            await self.body.wait_disconnect()
-        except Exception:  # the server's receive failing: treat as gone
-            self.body.disconnected = True
-        scopes = [s for s in (self._handler_scope, self._write_scope) if s is not None]
-        if not self._sending:
-            for scope in scopes:
-                scope.cancel()
-            return
-        # The call is inside hypercorn's send, which may be the very code that told us:
-        # a connection found closed during a write is cleaned up (every stream told of
-        # the disconnect) in the writing task. Cancelling there would cut that short and
-        # leave other calls never told, so the cancel waits for the send to return; a
-        # send still waiting after the grace is parked on a connection that is gone.
-        self._deferred += scopes
-        await trio.sleep(DISCONNECT_GRACE)
-        self._cancel_deferred()
+            self._watcher.start_soon(self._watch_disconnect, scope)
+        except RuntimeError:
+            # The shared nursery closed (the lifespan ended): no watcher; the deadline
+            # and the write timeout still bound the call.
+            pass
+
+    def _wait(self) -> None:
+        """A unary call waits (handler or final write): the sweeper watches it if it is
+        still waiting after a grace."""
+        shared = self._shared
+        if shared is not None and not self._watching:
+            shared.pending.setdefault(self, trio.current_time())
+
+    async def _watch_disconnect(self, watch_scope: trio.CancelScope) -> None:
+        with watch_scope:
+            try:
+                await self.body.wait_disconnect()
+            except Exception:  # the server's receive failing: treat as gone
+                self.body.disconnected = True
+            scopes = [s for s in (self._handler_scope, self._write_scope) if s is not None]
+            if not self._sending:
+                for scope in scopes:
+                    scope.cancel()
+                return
+            # The call is inside hypercorn's send, which may be the very code that told
+            # us: a connection found closed during a write is cleaned up (every stream
+            # told of the disconnect) in the writing task. Cancelling there would cut
+            # that short and leave other calls never told, so the cancel waits for the
+            # send to return; a send still waiting after the grace is parked on a
+            # connection that is gone.
+            self._deferred += scopes
+            await trio.sleep(DISCONNECT_GRACE)
+            self._cancel_deferred()
 
     async def _finish_early(self, error: RpcError) -> None:
         """End with an error, draining an unread HTTP/1.1 body first (or closing)."""
@@ -383,9 +472,9 @@ class CallRunner:
         client disconnects while the write waits.
 
         Watching costs a task, about as much as a small call itself, and nearly every
-        write completes in a moment, so the watcher starts late: a write that waits is
-        entered in ``pending_writes`` (the app's sweeper starts the watcher of any still
-        waiting a little later); without a sweeper it starts at the first wait. Answered
+        write completes in a moment, so the watcher starts late: a unary call whose write
+        waits is entered in ``shared.pending`` (the app's sweeper starts the watcher of
+        any still waiting a little later); without a sweeper it starts at the first wait. Answered
         before the request body ended, an HTTP/2 call watches at once: the watcher also
         keeps reading the body, whose unread chunks would otherwise fill the small
         channel hypercorn queues them in, and its put of ``http.disconnect`` (made
@@ -393,33 +482,29 @@ class CallRunner:
         """
         if self.body.disconnected:
             return
-        watch: Callable[[], None]
-        if self._http1:
-            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
-            # deadline bounds them) and reports a disconnect only once they are written.
-            watch = _ignore
-        elif self._pending_writes is None or not self.body.complete:
-            watch = self._watch
-        else:
-            watch = self._enter_pending
+        watch = self._final_watch()
         with trio.move_on_after(self._write_timeout) as write_scope:
             self._write_scope = write_scope
             try:
                 await await_watching(self._emit_final_events(events), watch)
             finally:
                 self._write_scope = None
-                if self._pending_writes is not None:
-                    self._pending_writes.pop(self, None)
         if write_scope.cancelled_caught and not self.body.disconnected:
             self._abandon()
 
-    def _enter_pending(self) -> None:
-        if not self._watching and self._pending_writes is not None:
-            self._pending_writes[self] = trio.current_time()
+    def _final_watch(self) -> Callable[[], None]:
+        """What a final write calls when it first waits (see ``_emit_final``)."""
+        if self._http1:
+            # hypercorn writes HTTP/1.1 responses to the socket shielded (only the
+            # deadline bounds them) and reports a disconnect only once they are written.
+            return _ignore
+        if self._shared is None or not self.body.complete:
+            return self._watch
+        return self._wait
 
     def watch_now(self) -> None:
         """Start watching for the client's disconnect (the app's sweeper calls this for
-        a final write that has been waiting)."""
+        a unary call that has been waiting)."""
         self._watch()
 
     async def _emit_final_events(self, events: list[AsgiEvent]) -> None:
@@ -464,11 +549,12 @@ class CallRunner:
 
     async def _stream(self, handler: Callable[..., Awaitable[None]], request: Any) -> None:
         """Run a response-streaming handler; a server shutdown ends it with UNAVAILABLE."""
+        send = StreamSender(self)
         if self._shutdown is None:
-            await handler(request, self.ctx, self._send_message)
+            await handler(request, self.ctx, send)
             return
         with self._shutdown.stream_scope() as stop:
-            await handler(request, self.ctx, self._send_message)
+            await handler(request, self.ctx, send)
         if stop.cancelled_caught:
             raise shutting_down_error()
 
@@ -485,17 +571,24 @@ class CallRunner:
         # never interrupt a half-written unary response.
         return self.call.unary_events(response, self.ctx)
 
-    async def _send_message(self, message: Message) -> None:
-        if not isinstance(message, self.route.output_type):
-            raise TypeError(
-                f"{self.route.path} streams {self.route.output_type.__name__}, "
-                f"not {type(message).__name__}"
-            )
+    async def send_messages(self, messages: Sequence[Message]) -> None:
+        """Write streamed response messages, in order; one body event for them all."""
+        output_type = self.route.output_type
+        for message in messages:
+            if not isinstance(message, output_type):
+                raise TypeError(
+                    f"{self.route.path} streams {output_type.__name__}, "
+                    f"not {type(message).__name__}"
+                )
+        if len(messages) == 1:
+            events = self.call.message_events(messages[0], self.ctx)
+        else:
+            events = self.call.messages_events(messages, self.ctx)
         with trio.move_on_after(self._write_timeout) as write_scope:
-            await self.emit(self.call.message_events(message, self.ctx))
+            await self.emit(events)
         if write_scope.cancelled_caught:
             raise WriteStalled(self.route.path)
-        self.messages_sent += 1
+        self.messages_sent += len(messages)
 
 
 __all__ = [
@@ -503,6 +596,8 @@ __all__ = [
     "CallRunner",
     "ClientDisconnected",
     "RequestBody",
+    "SharedWatch",
+    "StreamSender",
     "WriteStalled",
     "first_rpc_error",
 ]

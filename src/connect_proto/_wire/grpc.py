@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message
@@ -211,16 +212,23 @@ class GrpcCall(ServerCall):
         payload, compressed = self.compress(self.request.codec.encode(message))
         return encode_envelope(payload, FLAG_COMPRESSED if compressed else 0)
 
-    def tail_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
+    def _trailers_event(self, error: RpcError | None, ctx: RequestContext) -> AsgiEvent:
         fields = status_fields(error, ctx.response_trailers)
-        return [
-            body_event(b"", False),
-            {
-                "type": "http.response.trailers",
-                "headers": encode_headers(Headers(fields)),
-                "more_trailers": False,
-            },
-        ]
+        return {
+            "type": "http.response.trailers",
+            "headers": encode_headers(Headers(fields)),
+            "more_trailers": False,
+        }
+
+    def tail_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
+        return [body_event(b"", False), self._trailers_event(error, ctx)]
+
+    def unary_events(self, message: Message, ctx: RequestContext) -> list[AsgiEvent]:
+        # The message ends the body: three events, not an empty body event as well.
+        events = [] if self.head_sent else [self.head_event(ctx)]
+        events.append(body_event(self.frame(message), False))
+        events.append(self._trailers_event(None, ctx))
+        return events
 
 
 class GrpcWebCall(GrpcCall):
@@ -231,8 +239,20 @@ class GrpcWebCall(GrpcCall):
     def head_event(self, ctx: RequestContext) -> AsgiEvent:
         return {"type": "http.response.start", "status": 200, "headers": self._head_headers(ctx)}
 
+    def _tail_frame(self, error: RpcError | None, ctx: RequestContext) -> bytes:
+        return trailer_frame(status_fields(error, ctx.response_trailers))
+
     def tail_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
-        return [body_event(trailer_frame(status_fields(error, ctx.response_trailers)), False)]
+        return [body_event(self._tail_frame(error, ctx), False)]
+
+    def unary_events(self, message: Message, ctx: RequestContext) -> list[AsgiEvent]:
+        # The message and the trailer frame in one body event.
+        events = [] if self.head_sent else [self.head_event(ctx)]
+        events.append(body_event(self.frames_and_tail([message], ctx), False))
+        return events
+
+    def frames_and_tail(self, messages: Sequence[Message], ctx: RequestContext) -> bytes:
+        return self.frames(messages) + self._tail_frame(None, ctx)
 
 
 class GrpcWebTextCall(GrpcWebCall):
@@ -252,6 +272,9 @@ class GrpcWebTextCall(GrpcWebCall):
     def frame(self, message: Message) -> bytes:
         return base64.b64encode(super().frame(message))
 
+    def frames_and_tail(self, messages: Sequence[Message], ctx: RequestContext) -> bytes:
+        # Each frame in base64 on its own, the same bytes as one write per frame.
+        return self.frames(messages) + base64.b64encode(self._tail_frame(None, ctx))
+
     def tail_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
-        frame = trailer_frame(status_fields(error, ctx.response_trailers))
-        return [body_event(base64.b64encode(frame), False)]
+        return [body_event(base64.b64encode(self._tail_frame(error, ctx)), False)]

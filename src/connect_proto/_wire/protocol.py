@@ -8,7 +8,7 @@ protocol can be tested by feeding bytes and inspecting the events it returns.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -105,10 +105,20 @@ class ServerCall(ABC):
     def tail_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
         raise NotImplementedError
 
+    def frames(self, messages: Sequence[Message]) -> bytes:
+        """Several messages framed back to back, in order (one body write)."""
+        return b"".join([self.frame(message) for message in messages])
+
     def message_events(self, message: Message, ctx: RequestContext) -> list[AsgiEvent]:
         """Events carrying one streamed response message (and the head, if not yet sent)."""
         events = [] if self.head_sent else [self.head_event(ctx)]
         events.append(body_event(self.frame(message), True))
+        return events
+
+    def messages_events(self, messages: Sequence[Message], ctx: RequestContext) -> list[AsgiEvent]:
+        """Events carrying several streamed response messages in one body event."""
+        events = [] if self.head_sent else [self.head_event(ctx)]
+        events.append(body_event(self.frames(messages), True))
         return events
 
     def end_events(self, error: RpcError | None, ctx: RequestContext) -> list[AsgiEvent]:
