@@ -39,7 +39,10 @@ async def test_open_stream_ends_with_unavailable(case: Case) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream)
-        await trio.sleep(0.1)
+        with trio.fail_after(5):  # a loaded machine may start the handler late
+            while not impl.started:  # noqa: ASYNC110 - polls the handler's record
+                await trio.sleep(0.01)
+        await trio.sleep(0.1)  # a few of its messages (one each 20 ms) are out
         app.begin_shutdown()
     ((status, response),) = results
     assert (status.code, status.message) == (Code.UNAVAILABLE, SHUTTING_DOWN_MESSAGE)
