@@ -6,6 +6,7 @@ later reader (an executor, ``kubectl``) derive the same names from the same iden
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -88,6 +89,8 @@ def label_value(value: str) -> str:
     return _encode(value, MAX_LABEL)
 
 
+# An action's name is asked for on every Update and Signal of its life: worth keeping.
+@functools.lru_cache(maxsize=65_536)
 def object_name_for(org: str, project: str, domain: str, run: str, action: str) -> str:
     """``<run>-<action>-<hash>``: a DNS-1123 label that starts with a letter and has at most
     ``MAX_OBJECT_NAME`` characters, unique for the whole identifier.

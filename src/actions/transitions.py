@@ -85,10 +85,9 @@ def apply_update(obj: objects.KubeObject, attempt: int, update: ActionStatus) ->
     # Every change below replaces a top-level key (set_phase builds new lists), so a
     # shallow copy keeps ``stored`` intact for the no-op comparison at the end.
     new = dict(stored)
-    now = timefmt.now()
     target = current if requested == phases.UNSPECIFIED else requested
     if not stored.get("conditions") or target != current:
-        set_phase(new, target, now)
+        set_phase(new, target, timefmt.now())
     new["attempts"] = max(stored_attempts, attempt, update.attempts)
     new["cacheStatus"] = int(update.cache_status)
     if update.HasField("start_time"):

@@ -21,6 +21,7 @@ naming it (and logged as our bug), never INTERNAL.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,7 @@ from buf.validate import validate_pb2  # type: ignore[import-untyped]
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from flyteidl2.task import run_pb2
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
@@ -131,13 +133,26 @@ def _invalid_all(problems: list[tuple[str, str]]) -> RpcError:
 def _get(message: Message, path: str) -> object | None:
     """The value at dotted ``path``; None when a message on the way is not set."""
     value: object = message
-    for name in path.split("."):
+    for name, has_presence in _steps(message.DESCRIPTOR, path):
         assert isinstance(value, Message)
-        field = value.DESCRIPTOR.fields_by_name[name]
-        if field.has_presence and field.message_type is not None and not value.HasField(name):
+        if has_presence and not value.HasField(name):
             return None
         value = getattr(value, name)
     return value
+
+
+@functools.cache
+def _steps(descriptor: Descriptor, path: str) -> tuple[tuple[str, bool], ...]:
+    """``path``'s field names, each with whether it is a message field with presence
+    (unset is None rather than an empty message): worked out once per type and path."""
+    steps: list[tuple[str, bool]] = []
+    current: Descriptor | None = descriptor
+    for name in path.split("."):
+        assert current is not None, f"{path} goes through a field that is no message"
+        field = current.fields_by_name[name]
+        steps.append((name, field.has_presence and field.message_type is not None))
+        current = field.message_type
+    return tuple(steps)
 
 
 def _identifier_problems(message: Message, paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:

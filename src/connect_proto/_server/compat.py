@@ -35,6 +35,9 @@ _SHAPE = {
     "h2.connection.H2Connection": (
         "end_stream", "reset_stream", "update_settings", "close_connection",
     ),
+    "hpack.Encoder": ("encode", "_encode_table_size_change"),
+    "hypercorn.trio.task_group.TaskGroup": ("spawn_app",),
+    "hypercorn.config.Config": ("response_headers",),
 }  # fmt: skip
 
 

@@ -13,10 +13,14 @@ error escapes into the trio worker and ends the server (docs/hypercorn-upstream.
 - ``reset_stream`` and ``update_settings`` after GOAWAY went out (the connection is
   CLOSED): ``ProtocolError`` (issue 4). Here both are no-ops; GOAWAY's last-stream-id
   already tells the client which streams were not processed.
+
+It also encodes headers with ``StatelessHeaderEncoder`` (header_encoder.py): no dynamic
+table, each distinct header encoded once per process.
 """
 
 from __future__ import annotations
 
+import h2.config
 import h2.connection
 import h2.exceptions
 import h2.settings
@@ -24,11 +28,17 @@ from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.stream import StreamState
 
+from connect_proto._server.header_encoder import StatelessHeaderEncoder
+
 _SENDING_SIDE_CLOSED = (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED)
 
 
 class RpcH2Connection(h2.connection.H2Connection):
     """``H2Connection`` whose stream-ending calls are idempotent."""
+
+    def __init__(self, config: h2.config.H2Configuration | None = None) -> None:
+        super().__init__(config)
+        self.encoder = StatelessHeaderEncoder()
 
     @property
     def closed(self) -> bool:

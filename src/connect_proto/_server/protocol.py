@@ -39,6 +39,12 @@ HTTP/2 (``RpcH2Protocol``)
     live connection, counted against the client's stream limit (issue 14).
   - An idle connection closed by the server (keep-alive timeout, shutdown) first
     sends GOAWAY (``goodbye``), instead of just closing the socket.
+  - Not a bug, the cost of every response: hypercorn hands each body, end of body
+    and trailers to its send task through the stream's buffer, and the handler waits
+    until that task has run (two trips through the scheduler per call). When nothing of
+    the stream is queued and the peer's window takes the data, they are written to h2
+    at once (``_send_directly``); the send task is left with what flow control holds
+    back, so order and backpressure are as before.
 
 HTTP/1.1 (``RpcH11Protocol``, issue 7)
   - Once the connection is closed its reader stops; hypercorn's reader could wait for
@@ -60,6 +66,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.errors
 import h2.events
+import h2.exceptions
 import h2.settings
 import h11
 import trio
@@ -69,6 +76,7 @@ from hypercorn.protocol.events import (
     Body,
     Data,
     EndBody,
+    EndData,
     Response,
     StreamClosed,
     Trailers,
@@ -176,7 +184,8 @@ class RpcH2Protocol(H2Protocol):
             },
         )
         # Duck-typed: the part of priority.PriorityTree hypercorn uses.
-        self.priority = FairScheduler()  # type: ignore[assignment]
+        self.scheduler = FairScheduler()
+        self.priority = self.scheduler  # type: ignore[assignment]
         self.flood = FloodMeter(options.flood_limits, clock=trio.current_time)
         self._answered: set[int] = set()  # streams whose response headers were sent
         self._trailers_sent: set[int] = set()  # ... and trailers, the client still sending
@@ -246,13 +255,60 @@ class RpcH2Protocol(H2Protocol):
             self.flood.sent_response_bytes()
         elif isinstance(event, StreamClosed):
             await self._reset_if_unfinished(event.stream_id)
-        await super().stream_send(event)
+        if not await self._send_directly(event):
+            await super().stream_send(event)
         if isinstance(event, Trailers) and self.connection.sending_side_closed(event.stream_id):
             self._trailers_sent.add(event.stream_id)
 
+    async def _send_directly(self, event: StreamEvent) -> bool:
+        """Write a body chunk, the end of the body or the trailers to h2 now, when the
+        send task has nothing of this stream (its buffer is empty and the scheduler has
+        it blocked, so the task is not in the middle of it) and the peer's flow-control
+        window takes the chunk whole. False: hypercorn's path, through the send task."""
+        if not isinstance(event, (Body, Data, EndBody, EndData, Trailers)):
+            return False
+        stream_id = event.stream_id
+        buffer = self.stream_buffers.get(stream_id)
+        if (
+            buffer is None
+            or buffer.buffer
+            or buffer.complete
+            or not self.scheduler.is_blocked(stream_id)
+        ):
+            return False
+        connection = self.connection
+        try:
+            if isinstance(event, (Body, Data)):
+                room = min(
+                    connection.local_flow_control_window(stream_id),
+                    connection.max_outbound_frame_size,
+                )
+                if len(event.data) > room:
+                    return False
+                connection.send_data(stream_id, event.data)
+            elif isinstance(event, Trailers):
+                connection.send_headers(stream_id, event.headers, end_stream=True)
+            else:
+                connection.end_stream(stream_id)
+        except (h2.exceptions.ProtocolError, KeyError):
+            return False  # closed meanwhile: hypercorn's path deals with it as it did
+        if not isinstance(event, (Body, Data)):
+            # The response is complete: what the send task does once it drained it.
+            await buffer.close()
+            del self.stream_buffers[stream_id]
+            self.priority.remove_stream(stream_id)
+        await self._flush()
+        return True
+
     async def _close_stream(self, stream_id: int) -> None:
+        # hypercorn's, except that the send task is only woken when it has something of
+        # the stream to drop (a response written directly left it nothing).
         self._answered.discard(stream_id)
-        await super()._close_stream(stream_id)
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            await stream.handle(StreamClosed(stream_id=stream_id))
+            if stream_id in self.stream_buffers:
+                await self.has_data.set()
 
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
         await super()._create_stream(request)

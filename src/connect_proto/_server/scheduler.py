@@ -56,6 +56,10 @@ class FairScheduler:
         self._active[stream_id] = True
         self._enqueue(stream_id)
 
+    def is_blocked(self, stream_id: int) -> bool:
+        """Known and blocked: the send task will not turn to it until it is unblocked."""
+        return self._active.get(stream_id) is False
+
     def remove_stream(self, stream_id: int) -> None:
         self._known(stream_id)
         del self._active[stream_id]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from typing import Any
 
 import trio
@@ -30,11 +31,14 @@ KEEP_ALIVE_MAX_REQUESTS = 1_000_000_000
 
 
 class RpcConfig(Config):
-    """hypercorn's Config, with our own reloadable TLS context.
+    """hypercorn's Config, with our own reloadable TLS context and a cached Date.
 
     hypercorn calls ``create_ssl_context`` once; returning the ``ReloadingTLS`` context
     lets certificate rotation reach new connections without a restart. ``tls`` None
     (no certfile) means plain TCP, exactly as with a stock Config.
+
+    hypercorn asks ``response_headers`` for every response; the Date it holds changes
+    once a second (RFC 9110, 6.6.1), so it is formatted once a second, not per response.
     """
 
     tls: ReloadingTLS | None = None
@@ -46,6 +50,19 @@ class RpcConfig(Config):
         if self.tls is not None:
             return self.tls.context
         return super().create_ssl_context()
+
+    _headers_second: int = -1
+    _headers_by_protocol: dict[str, list[tuple[bytes, bytes]]]
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._headers_second:
+            self._headers_by_protocol = {}
+            self._headers_second = second
+        headers = self._headers_by_protocol.get(protocol)
+        if headers is None:
+            headers = self._headers_by_protocol[protocol] = super().response_headers(protocol)
+        return list(headers)  # the caller may extend it
 
 
 def make_config(

@@ -22,6 +22,8 @@ Differences from hypercorn, each in docs/hypercorn-upstream.md:
 - Each socket write makes progress within ``write_timeout`` (per ``WRITE_CHUNK``) or
   the connection is closed: hypercorn writes shielded, so a client that stopped reading
   TCP held an HTTP/1.1 response (and its handler) beyond any app timeout (issue 12).
+- Its task group and keep-alive timer are ``RpcTaskGroup`` and ``KeepAliveTimer``
+  (task_group.py): fewer trips through the scheduler per request.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from math import inf
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData, Updated
-from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr
 
 from connect_proto._server.protocol import RpcProtocolWrapper, ServerOptions
+from connect_proto._server.task_group import KeepAliveTimer, RpcTaskGroup
 
 # How long closing an idle connection waits for its GOAWAY to be written.
 GOODBYE_TIMEOUT = 1.0
@@ -59,6 +61,7 @@ class RpcTCPServer(TCPServer):
         options: ServerOptions,
     ) -> None:
         super().__init__(app, config, context, state, stream)
+        self.idle_task = KeepAliveTimer()  # type: ignore[assignment]
         self.options = options
         self.protocol: RpcProtocolWrapper  # type: ignore[assignment]
         self._lost = trio.Event()  # the connection is over: the closer cleans up
@@ -85,7 +88,7 @@ class RpcTCPServer(TCPServer):
         try:
             client = parse_socket_addr(socket.family, socket.getpeername())
             server = parse_socket_addr(socket.family, socket.getsockname())
-            async with TaskGroup() as task_group:
+            async with RpcTaskGroup() as task_group:
                 self._task_group = task_group
                 self.protocol = RpcProtocolWrapper(
                     self.app,
