@@ -7,13 +7,13 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from typing import Any
 
 import yaml
+from conftest import CRD_PATH
 from kube_emulator import Emulator
 from kubernetes import client
-
-from conftest import CRD_PATH
 
 G, V, NS, P = "flyte.org", "v1", "flyte", "taskactions"
 COLL = f"/apis/{G}/{V}/namespaces/{NS}/{P}"
@@ -37,8 +37,12 @@ def _watch_in_thread(emu: Emulator, since: int) -> tuple[threading.Thread, list[
         finally:
             conn.close()
 
+    started = emu.watchers_started
     thread = threading.Thread(target=read, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 5
+    while emu.watchers_started == started and time.monotonic() < deadline:
+        time.sleep(0.01)  # the watch must be open before the test changes anything
     return thread, seen
 
 
