@@ -24,13 +24,16 @@ from actions_harness import (
     WatcherView,
     aid,
     assert_no_leaked_threads,
+    open_emulator,
     open_env,
+    open_store,
     task_req,
     update_req,
 )
 from flyteidl2.common import phase_pb2 as P
 from kubernetes import client
 
+from actions.store.errors import StoreUnavailable
 from connect_proto._errors import Code, RpcError
 
 CRD_NAME = "taskactions.flyte.org"
@@ -153,3 +156,12 @@ async def test_trace_crd_deleted_then_reinstalled() -> None:
             await env.client.enqueue(task_req(aid("c0"), parent="a0"))
             await wait_for(lambda: "c0" in view.state)
             nursery.cancel_scope.cancel()
+
+
+async def test_opening_the_store_without_the_crd_fails_at_once_naming_it() -> None:
+    async with open_emulator() as emu:
+        extensions = client.ApiextensionsV1Api(emu.api_client())
+        await trio.to_thread.run_sync(extensions.delete_custom_resource_definition, CRD_NAME)
+        with trio.fail_after(10), pytest.raises(StoreUnavailable) as info:
+            await open_store("kubernetes", emu, sync_timeout=60)
+        assert CRD_NAME in str(info.value) and emu.url in str(info.value)

@@ -299,7 +299,10 @@ class Informer:
             sinks = list(self._sinks)
         reason = f"{self.resource} is no longer served by the API server {self.server}"
         for sink in sinks:
-            trio.from_thread.run_sync(sink.lose, reason, trio_token=self._token)
+            try:
+                trio.from_thread.run_sync(sink.lose, reason, trio_token=self._token)
+            except trio.RunFinishedError:
+                return  # the trio run that owns us is gone (we are in _run's handler)
 
     def _throttle(self) -> None:
         delay = self._bucket.reserve()

@@ -169,10 +169,16 @@ class KubernetesStore:
             await store._check_namespace(create_namespace)
             for informer in store._informers:
                 informer.start()
+            deadline = trio.current_time() + sync_timeout
             for informer, plural in zip(store._informers, _meta.PLURALS.values(), strict=True):
-                listed = await trio.to_thread.run_sync(
-                    informer.wait_listed, sync_timeout, abandon_on_cancel=True
-                )
+                listed = False
+                while not listed and trio.current_time() < deadline:
+                    if informer.resource_missing:  # not worth waiting for: say so now
+                        raise StoreUnavailable(informer.last_error or f"{plural} not served")
+                    left = min(0.5, deadline - trio.current_time())
+                    listed = await trio.to_thread.run_sync(
+                        informer.wait_listed, left, abandon_on_cancel=True
+                    )
                 if not listed:
                     raise StoreUnavailable(
                         f"could not list {plural} in {namespace!r} within {sync_timeout}s: "
