@@ -20,6 +20,16 @@ if ! command -v h2load >/dev/null 2>&1; then
     echo "test: h2load missing and not root; its test will be skipped (fails under CI)" >&2
   fi
 fi
+# zsh: tests/actions/test_completion_shells.py runs the generated completion script in it.
+if ! command -v zsh >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test: installing Debian zsh" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh >/dev/null
+  else
+    echo "test: zsh missing and not root; its completion tests will be skipped (fail under CI)" >&2
+  fi
+fi
 # chromium and chromedriver: tests/actions/test_console_browser.py drives the web console.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then

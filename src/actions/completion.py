@@ -2,7 +2,8 @@
 
     actions-service completion bash > /etc/bash_completion.d/actions-service
     source <(actions-service completion bash)            # this shell only
-    actions-service completion zsh > "${fpath[1]}/_actions-service"
+    source <(actions-service completion zsh)             # zsh, after compinit
+    actions-service completion zsh > ~/.zfunc/_actions-service  # a $fpath dir, before compinit
 
 Subcommands, each subcommand's flags, the choices of flags that have them, and file
 names for flags that take a path are completed; nothing is asked of a server.
@@ -154,7 +155,9 @@ def _zsh_spec(option: Option) -> str:
 
 
 def zsh_script(parser: argparse.ArgumentParser, prog: str = "actions-service") -> str:
-    function = "_" + prog.replace("-", "_")
+    # Named as the file compinit autoloads it from ($fpath/_actions-service): that first
+    # call runs the file, which replaces the function with the definition below.
+    function = "_" + prog
     cmds = commands(parser)
     lines = [
         f"#compdef {prog}",
@@ -177,7 +180,9 @@ def zsh_script(parser: argparse.ArgumentParser, prog: str = "actions-service") -
         if cmd.positional_choices:
             specs.append(f"'1:{cmd.name}:({' '.join(cmd.positional_choices)})'")
         lines.append(f"    {cmd.name})")
-        lines.append("        words=(${words[1]} ${words[3,-1]}); (( CURRENT-- ))")
+        # The subcommand becomes the command word _arguments skips. (Not a words=(...)
+        # copy: an unquoted copy drops the empty word being completed.)
+        lines.append("        shift words; (( CURRENT-- ))")
         lines.append("        _arguments -s \\")
         lines += [f"            {spec} \\" for spec in specs]
         lines.append("            && return")
@@ -185,7 +190,9 @@ def zsh_script(parser: argparse.ArgumentParser, prog: str = "actions-service") -
     lines += [
         "    esac",
         "}",
-        f'if [[ "$funcstack[1]" == "{function}" ]]; then',
+        # Autoloaded from $fpath by compinit (the #compdef line): complete now (later
+        # calls go to the function defined above); sourced: register it.
+        "if [[ $zsh_eval_context[-1] == loadautofunc ]]; then",
         f'    {function} "$@"',
         "else",
         f"    compdef {function} {prog}",

@@ -18,6 +18,9 @@
   and its client reconnects for a fresh snapshot.
 - An idle subscription is one small object: no task, no channel; its buffer and wake-up
   event are created when first needed.
+- A change stream that fails is reopened after a pause that doubles while it keeps
+  failing (``restart_delay`` up to ``max_restart_delay``); the first failure is one log
+  line naming the cause, repeats are counted, and the reopening says how many there were.
 """
 
 from __future__ import annotations
@@ -34,12 +37,17 @@ import trio
 from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
 
 from actions import objects
+from actions.log_policy import Outage, exception_summary
 from actions.metrics import FanOutMetrics
 from actions.naming import fnv1a_32
 from actions.store.base import WatchEvent
 from connect_proto import Code, RpcError
 
 log = logging.getLogger(__name__)
+
+# A change stream that followed changes this long before it failed was working: the
+# next reopen starts over from the shortest pause.
+HEALTHY_STREAM_SECONDS = 10.0
 
 
 class EventSource(Protocol):
@@ -172,7 +180,8 @@ class FanOut:
         workers: int = 10,
         buffer_size: int = 100,
         subscriber_buffer: int = 1000,
-        restart_delay: float = 1.0,
+        restart_delay: float = 0.1,
+        max_restart_delay: float = 5.0,
         metrics: FanOutMetrics | None = None,
         observers: Sequence[Callable[[WatchEvent], None]] = (),
         resyncs: Sequence[Callable[[], None]] = (),
@@ -186,6 +195,8 @@ class FanOut:
         self._buffer_size = buffer_size
         self._subscriber_buffer = subscriber_buffer
         self._restart_delay = restart_delay
+        self._max_restart_delay = max(restart_delay, max_restart_delay)
+        self._stream_outage = Outage(log, clock=trio.current_time)
         self._workers = [_Worker(buffer_size) for _ in range(workers)]
         self._subscribers: dict[objects.WatchKey, dict[Subscription, None]] = {}
         self._running = False
@@ -258,21 +269,28 @@ class FanOut:
             for worker in self._workers:
                 nursery.start_soon(self._work, worker)
             pending_status: list[trio.TaskStatus[None]] = [task_status]
+            delay = self._restart_delay
             while True:
+                opened_at = trio.current_time()
+                error: Exception | None = None
                 try:
                     await self._follow_source(pending_status)
-                    log.warning("store change stream ended; reopening")
-                except Exception:
-                    log.exception("store change stream failed; reopening")
+                except Exception as exc:
+                    error = exc
                 finally:
                     self._running = False
+                cause = "ended" if error is None else f"failed: {exception_summary(error)}"
+                self._stream_outage.failed(f"store change stream {cause}; reopening", error)
                 # Changes between the old stream and the new one are not replayed, so
                 # every stream must re-list.
                 self.metrics.source_restarts += 1
                 self.resync_all("store change stream restarted")
                 for resync in self._resyncs:
                     resync()
-                await trio.sleep(self._restart_delay)
+                if trio.current_time() - opened_at >= HEALTHY_STREAM_SECONDS:
+                    delay = self._restart_delay  # it had been working: not a broken store
+                await trio.sleep(delay)
+                delay = min(delay * 2, self._max_restart_delay)
 
     async def _follow_source(self, pending_status: list[trio.TaskStatus[None]]) -> None:
         send, receive = trio.open_memory_channel[WatchEvent](self._buffer_size)
@@ -280,6 +298,7 @@ class FanOut:
             nursery.start_soon(self._dispatch, receive)
             await nursery.start(self._source_task, send)
             self._running = True
+            self._stream_outage.recovered("store change stream back")
             while pending_status:  # report started() once, on the first successful open
                 pending_status.pop().started()
 

@@ -9,6 +9,9 @@ Two filters for the log handler ``actions-service serve`` installs:
   shown once per ``window`` seconds; the next one shown says how many
   were left out. A failure that recurs every second (a change stream restarting on a
   broken store, a watch retrying an API server) then costs one line a minute.
+
+And ``Outage``, for the code that retries: it logs when a failure starts, at most once
+per ``every`` seconds while it goes on (with a count), and once when it is over.
 """
 
 from __future__ import annotations
@@ -86,6 +89,61 @@ class RepeatLimiter(logging.Filter):
             self._seen.clear()
 
 
+class Outage:
+    """One problem that may last (a missing resource, a failing change stream), as the
+    retrying code sees it: ``failed()`` on every failure, ``recovered()`` on success.
+
+    The first failure is one line at ``level`` (the exception's traceback, when given,
+    only at DEBUG); repeats are counted and summed up at most every ``every`` seconds
+    (``... (still failing: N more in Ts)``); ``recovered()`` logs one INFO line saying how
+    many failures it ended, and nothing when there was no outage."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        level: int = logging.ERROR,
+        every: float = DEFAULT_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._level = level
+        self._every = every
+        self._clock = clock
+        self.failures = 0  # in the current outage; 0: none
+        self._logged_at = 0.0
+        self._unlogged = 0
+
+    @property
+    def active(self) -> bool:
+        return self.failures > 0
+
+    def failed(self, message: str, exc: BaseException | None = None) -> None:
+        now = self._clock()
+        self.failures += 1
+        debug = self._log.isEnabledFor(logging.DEBUG)
+        exc_info = exc if (exc is not None and debug) else None
+        if self.failures == 1:
+            self._log.log(self._level, "%s", message, exc_info=exc_info)
+            self._logged_at, self._unlogged = now, 0
+            return
+        self._unlogged += 1
+        if now - self._logged_at >= self._every:
+            self._log.log(self._level, "%s (still failing: %d more in %.0fs)", message,
+                          self._unlogged, now - self._logged_at)  # fmt: skip
+            self._logged_at, self._unlogged = now, 0
+        elif debug:
+            self._log.debug("again: %s", message, exc_info=exc_info)
+
+    def recovered(self, message: str) -> bool:
+        """Log ``message`` with the count of failures, if there was an outage; True if so."""
+        if not self.failures:
+            return False
+        self._log.info("%s after %d failures", message, self.failures)
+        self.failures = 0
+        return True
+
+
 # Libraries that log every retry of a request the store then reports as one failure.
 RETRY_LOGGERS: Final = ("urllib3.connectionpool",)
 
@@ -102,4 +160,4 @@ def install(handler: logging.Handler, *, window: float = DEFAULT_WINDOW) -> None
     handler.addFilter(TracebacksAtDebug(lambda: root.isEnabledFor(logging.DEBUG)))
 
 
-__all__ = ["RepeatLimiter", "TracebacksAtDebug", "exception_summary", "install"]
+__all__ = ["Outage", "RepeatLimiter", "TracebacksAtDebug", "exception_summary", "install"]

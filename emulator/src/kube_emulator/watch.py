@@ -241,7 +241,18 @@ class WatchSession:
         return self.next_bookmark
 
     def _should_stop(self) -> bool:
-        return self.store.closed or self.faults.close_generation != self.close_generation
+        return (
+            self.store.closed
+            or self.faults.close_generation != self.close_generation
+            or self._resource_removed()
+        )
+
+    def _resource_removed(self) -> bool:
+        """The kind's CRD was deleted: the real server tears down the kind's storage, which
+        ends its watches cleanly, after the events of the CRD finalizer deleting every
+        object. (Later requests for the kind get a plain ``404 page not found``.)"""
+        rtype = self.req.rtype
+        return not rtype.builtin and self.store.registry.get(*rtype.key) is None
 
 
 class _EndStream(Exception):

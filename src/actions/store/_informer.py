@@ -11,6 +11,13 @@ Every event updates the cache (read by ``latest()``) and is appended to a bounde
 (for ``run_events(since=...)``) under one lock; then it is handed to each registered sink
 with ``trio.from_thread.run``, which blocks this thread until the sink's channel accepts
 it: consumer backpressure reaches the watch, nothing is dropped.
+
+A 404 on the list or watch means the resource itself is not served: its
+CustomResourceDefinition was deleted (or never installed). The informer then says so
+(``resource_missing``, ``last_error``; logged once, then summed up now and then), ends
+the sinks' streams with StoreUnavailable (their consumers must start over: what they
+hold may be gone), and keeps retrying with backoff; once the resource is served again
+it re-lists, reporting the differences as after a 410.
 """
 
 from __future__ import annotations
@@ -24,16 +31,20 @@ from typing import Any, cast
 import trio
 from kubernetes import client, watch
 
+from actions.log_policy import Outage
 from actions.store import _meta
 from actions.store._kube_client import Backoff, ClientSettings, TokenBucket, call, translate
 from actions.store._meta import copy_json
 from actions.store._roots import RootOrder, is_root, take_page
 from actions.store.base import KubeObject, RootCursor, WatchEvent
-from actions.store.errors import Gone, StoreError, StoreUnavailable
+from actions.store.errors import Gone, NotFound, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 _LIST_PAGE = 500
+# Between retries while the resource is not served: a 404 is cheap to ask for, and the
+# CustomResourceDefinition should be picked up soon after it is re-created.
+_MISSING_RETRY_MAX = 5.0
 
 
 def _rv(obj: KubeObject) -> int:
@@ -43,11 +54,19 @@ def _rv(obj: KubeObject) -> int:
 class Sink:
     """One ``run_events`` consumer, as seen from the informer thread."""
 
-    def __init__(self, send: trio.MemorySendChannel[WatchEvent], since: int) -> None:
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[WatchEvent],
+        since: int,
+        lost: trio.Event | None = None,
+    ) -> None:
         self.send = send
         self.since = since  # events at or below it were already seen by the consumer
         self.ready = trio.Event()  # set once the replayed backlog has been sent
         self.closed = False
+        # Set (with ``lost_reason``) when the informer cannot go on feeding this sink.
+        self.lost = lost if lost is not None else trio.Event()
+        self.lost_reason = ""
         self._scopes: set[trio.CancelScope] = set()
 
     async def deliver(self, event: WatchEvent) -> None:
@@ -64,6 +83,11 @@ class Sink:
                 self.closed = True
             finally:
                 self._scopes.discard(scope)
+
+    def lose(self, reason: str) -> None:
+        """Runs in trio: the stream behind this sink is broken; its consumer must end."""
+        self.lost_reason = self.lost_reason or reason
+        self.lost.set()
 
     def close(self) -> None:
         """Trio side: stop accepting, and free the thread if it is blocked on us."""
@@ -118,6 +142,11 @@ class Informer:
         self.api_reachable = False
         self.last_error: str | None = None
         self.relists = 0
+        self.resource = f"{plural}.{_meta.GROUP}"
+        self.server = str(getattr(api.api_client.configuration, "host", "") or "?")
+        # The API server answers 404 for the resource: its CRD is not installed.
+        self.resource_missing = False
+        self._missing = Outage(log)
         self._thread = threading.Thread(
             target=self._run, name=f"{plural}-informer-{namespace}", daemon=True
         )
@@ -230,6 +259,10 @@ class Informer:
                     return
                 # call() already translated; Watch.stream raises client errors directly.
                 error = exc if isinstance(exc, StoreError) else translate(exc)
+                if isinstance(error, NotFound):
+                    self._resource_gone(error)
+                    self._stop.wait(min(backoff.next_delay(), _MISSING_RETRY_MAX))
+                    continue
                 if isinstance(error, Gone):
                     log.info("watch of %s expired; re-listing", self._namespace)
                     self.synced = False
@@ -247,6 +280,29 @@ class Informer:
                     self.api_reachable = False
                 log.warning("watch of %s failed: %s", self._namespace, self.last_error)
                 self._stop.wait(backoff.next_delay())
+
+    def _resource_gone(self, error: StoreError) -> None:
+        """The list or watch answered 404: the resource is not served (any more)."""
+        self.synced = False
+        self._position = None  # served again: its objects may be new ones, re-list
+        self.api_reachable = True  # the server answered
+        self.last_error = (
+            f"CustomResourceDefinition {self.resource} not found on the API server "
+            f"{self.server} (list/watch answered 404: {str(error).strip()}); retrying until it is "
+            "installed again"
+        )
+        self._missing.failed(self.last_error)
+        if self.resource_missing:
+            return
+        self.resource_missing = True
+        with self._lock:
+            sinks = list(self._sinks)
+        reason = f"{self.resource} is no longer served by the API server {self.server}"
+        for sink in sinks:
+            try:
+                trio.from_thread.run_sync(sink.lose, reason, trio_token=self._token)
+            except trio.RunFinishedError:
+                return  # the trio run that owns us is gone (we are in _run's handler)
 
     def _throttle(self) -> None:
         delay = self._bucket.reserve()
@@ -313,6 +369,12 @@ class Informer:
         self.api_reachable = True
         self.last_error = None
         self.synced = True
+        if self.resource_missing:
+            self.resource_missing = False
+            self._missing.recovered(
+                f"CustomResourceDefinition {self.resource} is served again by {self.server}; "
+                f"re-listed {len(items)} objects"
+            )
         for event in changes:
             self._hand_out(event, sinks)
         return list_rv

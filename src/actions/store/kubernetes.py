@@ -11,6 +11,9 @@
   Conflict by the Status reason; unreachable or failing servers are StoreUnavailable; an
   object the server cannot store (413, or etcd's size limit) is TooLarge, with the size of
   what was sent and ``_meta.MAX_OBJECT_BYTES`` as the limit.
+- A resource the API server does not serve (its CRD deleted: a plain-text
+  ``404 page not found``) is StoreUnavailable naming the CRD, not NotFound: the object
+  may well exist once the CRD is back. ``ready()`` says so, and change streams end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import trio
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from actions.store import _meta
 from actions.store._informer import Informer, Sink
@@ -32,6 +36,7 @@ from actions.store._kube_client import (
     call,
     ensure_namespace,
     load_configuration,
+    status_reason,
 )
 from actions.store.base import (
     KubeObject,
@@ -164,10 +169,16 @@ class KubernetesStore:
             await store._check_namespace(create_namespace)
             for informer in store._informers:
                 informer.start()
+            deadline = trio.current_time() + sync_timeout
             for informer, plural in zip(store._informers, _meta.PLURALS.values(), strict=True):
-                listed = await trio.to_thread.run_sync(
-                    informer.wait_listed, sync_timeout, abandon_on_cancel=True
-                )
+                listed = False
+                while not listed and trio.current_time() < deadline:
+                    if informer.resource_missing:  # not worth waiting for: say so now
+                        raise StoreUnavailable(informer.last_error or f"{plural} not served")
+                    left = min(0.5, deadline - trio.current_time())
+                    listed = await trio.to_thread.run_sync(
+                        informer.wait_listed, left, abandon_on_cancel=True
+                    )
                 if not listed:
                     raise StoreUnavailable(
                         f"could not list {plural} in {namespace!r} within {sync_timeout}s: "
@@ -199,6 +210,9 @@ class KubernetesStore:
         if not self._informer.api_reachable:
             error = self._informer.last_error or "no contact yet"
             return False, f"Kubernetes API server unreachable or failing: {error}"
+        for informer in self._informers:
+            if informer.resource_missing:
+                return False, informer.last_error or f"{informer.resource} not served"
         if not self._informer.synced:
             return False, "watch cache not synced (listing taskactions)"
         if not self._trace_informer.synced:
@@ -227,9 +241,17 @@ class KubernetesStore:
             await trio.sleep(delay)
         kwargs.setdefault("_request_timeout", self._settings.timeouts)
         coordinates = (_meta.GROUP, _meta.VERSION, self.namespace, plural)
-        return await trio.to_thread.run_sync(
-            partial(call, fn, *coordinates, *args, **kwargs), limiter=self._limiter
-        )
+        try:
+            return await trio.to_thread.run_sync(
+                partial(call, fn, *coordinates, *args, **kwargs), limiter=self._limiter
+            )
+        except NotFound as exc:
+            if not _resource_not_served(exc):
+                raise
+            raise StoreUnavailable(
+                f"CustomResourceDefinition {plural}.{_meta.GROUP} not found on the API server "
+                f"{self._api_client.configuration.host} ({str(exc).strip()}); is it installed?"
+            ) from exc
 
     async def _check_namespace(self, create: bool) -> None:
         timeouts = self._settings.timeouts
@@ -335,6 +357,7 @@ class KubernetesStore:
         of runs must not cost a list of every TaskAction."""
         _meta.validate_labels(labels)
         if not self._informer.synced:
+            self._raise_if_missing()
             raise StoreUnavailable("the watch cache has not synced yet")
         await trio.lowlevel.checkpoint()
         return self._informer.roots_page(labels, max(limit, 1), before)
@@ -395,11 +418,13 @@ class KubernetesStore:
             raise StoreUnavailable("the store is closed")
         if since is not None and not since.isdigit():
             raise Invalid(f"resourceVersion: Invalid value: {since!r}")
+        self._raise_if_missing()
+        lost = trio.Event()  # set by an informer that cannot go on (its CRD went away)
         if since is None:
             # "From now": the watch may still be delivering writes made before this call;
             # the API server's current resourceVersion tells them apart, so run_events
             # starts exactly where the embedded store's does.
-            sinks = [Sink(send, 0) for _ in self._informers]
+            sinks = [Sink(send, 0, lost) for _ in self._informers]
             try:
                 now = await self._call(self._api.list_namespaced_custom_object, limit=1)
             except StoreUnavailable as exc:
@@ -413,7 +438,7 @@ class KubernetesStore:
             start: int | None = None
         else:
             start = int(since)
-            sinks = [Sink(send, start) for _ in self._informers]
+            sinks = [Sink(send, start, lost) for _ in self._informers]
         registered: list[tuple[Informer, Sink]] = []
         try:
             backlog: list[WatchEvent] = []
@@ -426,11 +451,19 @@ class KubernetesStore:
                 await send.send(event)
             for sink in sinks:
                 sink.ready.set()
-            await self._closed.wait()
+            await _first_set(self._closed, lost)
+            if lost.is_set():
+                reason = next(sink.lost_reason for sink in sinks if sink.lost_reason)
+                raise StoreUnavailable(f"change stream ended: {reason}")
             raise StoreUnavailable("the store was closed")
         finally:
             for informer, sink in registered:
                 informer.unregister(sink)
+
+    def _raise_if_missing(self) -> None:
+        for informer in self._informers:
+            if informer.resource_missing:
+                raise StoreUnavailable(informer.last_error or f"{informer.resource} not served")
 
     # -- shutdown -----------------------------------------------------------------------
 
@@ -446,3 +479,24 @@ class KubernetesStore:
                         break
         if self._owns_client:
             await trio.to_thread.run_sync(self._api_client.close)
+
+
+def _resource_not_served(exc: NotFound) -> bool:
+    """A 404 that is not about an object: the API server has no such resource (Go's
+    plain ``404 page not found``, or a Status without the object's reason and details)."""
+    cause = exc.__cause__
+    if not isinstance(cause, ApiException):
+        return False
+    return status_reason(cause) != "NotFound"
+
+
+async def _first_set(*events: trio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+
+            async def wait(event: trio.Event = event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)
