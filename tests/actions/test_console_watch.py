@@ -29,6 +29,7 @@ from flyteidl2.common import phase_pb2
 from flyteidl2.core import types_pb2
 
 import actions.app
+from actions import naming
 from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
@@ -207,6 +208,46 @@ async def test_watch_run_falls_behind_and_is_resynced_not_dropped() -> None:
             assert info.value.code == Code.UNAVAILABLE
             assert "resync" in info.value.message
         assert env.fanout.subscriber_count() == 0
+
+
+@pytest.mark.parametrize("backend", ["embedded", "kubernetes"])
+async def test_watch_run_change_between_subscribe_and_snapshot_is_not_missed(
+    backend: str,
+) -> None:
+    """A write landing after the snapshot was listed (but before it is sent) still
+    reaches the stream: it subscribed before listing."""
+
+    class WriteDuringList:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+            self.armed = False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        async def list(self, labels: dict[str, str]) -> Any:
+            result = await self._inner.list(labels)
+            if self.armed:
+                self.armed = False
+                obj = await self._inner.get(naming.object_name(aid("c1")))
+                obj["status"]["conditions"][0]["reason"] = "Executing"
+                await self._inner.update_status(obj)
+            return result
+
+    holder: dict[str, WriteDuringList] = {}
+
+    def wrap(store: Any) -> WriteDuringList:
+        holder["w"] = WriteDuringList(store)
+        return holder["w"]
+
+    async with open_env("direct", wrap_store=wrap, backend=backend) as env:
+        await deep_run(env)
+        svc = ConsoleService(lambda: holder["w"], lambda: env.fanout)
+        holder["w"].armed = True
+        async with stream(svc.watch_run, cpb.WatchRunRequest(run=run_id()), "WatchRun") as s:
+            snapshot = {m.action.name: m.action for m in await s.snapshot()}
+            assert snapshot["c1"].phase == "QUEUED"
+            assert (await s.about("c1")).action.phase == "RUNNING"
 
 
 async def test_watch_run_errors(env: Env) -> None:
