@@ -53,10 +53,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 class ServerThread:
     """The app served on 127.0.0.1 in a thread until ``stop``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, auth: bool = True) -> None:
         tokens = tmp / "tokens.yaml"
         tokens.write_text(TOKENS)
-        self.config = Config(port=0, auth_token_file=tokens)
+        self.config = Config(port=0, auth_token_file=tokens if auth else None)
         self.port = 0
         self._started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
