@@ -9,6 +9,7 @@ calls of these synchronous tests do not stall it.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +29,8 @@ from servers import require_tool
 from actions import naming
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
+from connect_proto import RequestContext
+from connect_proto._headers import Headers
 from connect_proto._server.serve import make_config
 from connect_proto._server.serve import serve as serve_asgi
 
@@ -170,6 +173,12 @@ def open_page(driver: Any, server: ServerThread, fragment: str = "", token: str 
     field.clear()
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
+
+
+def context() -> RequestContext:
+    return RequestContext(
+        method=ACTIONS + "Update", protocol="direct", request_headers=Headers(), deadline=math.inf
+    )
 
 
 def run_fragment(run: str) -> str:
@@ -442,3 +451,37 @@ def test_a_new_run_appears_in_the_list_without_reload(server: ServerThread, brow
     wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), "it leaving the list")
     Select(browser.find_element(By.ID, "f-phase")).select_by_visible_text("any phase")
     click(browser, "#filters button")
+
+
+def test_after_a_resync_the_page_reconnects_and_misses_nothing(
+    server: ServerThread, browser: Any
+) -> None:
+    """The server ends every stream (as when one falls behind, or the store's change
+    stream restarts): the page reconnects on its own, and a change made meanwhile shows
+    from the fresh snapshot."""
+    run = "resync"
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("a0", run)))
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("b1", run), parent="a0"))
+    open_page(browser, server, run_fragment(run))
+    live(browser)
+    live(browser, "#runs")
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "QUEUED", "the tree")
+    browser.execute_script("window.__sameDocument = true;")
+
+    async def resync_and_change() -> None:
+        application = server.application
+        assert application is not None and application.fanout is not None
+        application.fanout.resync_all("test")
+        # Right away, before the page can have reconnected.
+        await application.service.update(
+            update_req(aid("b1", run), phase_pb2.ACTION_PHASE_RUNNING), context()
+        )
+
+    server.call(resync_and_change)
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "RUNNING", "b1 RUNNING after it")
+    live(browser)
+    rpc(server, ACTIONS + "Update", update_req(aid("b1", run), phase_pb2.ACTION_PHASE_SUCCEEDED))
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "SUCCEEDED", "b1 SUCCEEDED")
+    live(browser, "#runs")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    assert browser.find_element(By.ID, "error").is_displayed() is False

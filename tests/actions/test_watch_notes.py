@@ -195,21 +195,24 @@ async def ok(url: str, *argv: str) -> None:
     assert code == 0, err
 
 
-async def setup_run(url: str, *token: str) -> None:
+async def setup_run(url: str, *token: str, prompts: dict[str, str] | None = None) -> None:
     await ok(url, "enqueue", *RUN, *URIS, "--action", "a0", *token)
     for child in ("c1", "c2"):
         await ok(url, "enqueue", *RUN, *URIS, "--action", child, "--parent", "a0", *token)
-    argv = ["enqueue", *RUN, *URIS, "--action", "k1", "--parent", "a0", "--type", "condition"]
-    request = cli.build_enqueue(cli.parse_args([*argv, "--condition-type", "bool"]))
-    request.action.condition.prompt = "Ship it?"
     headers = {"authorization": f"Bearer {token[1]}"} if token else {}
     async with ConnectClient(url, headers=headers) as client:
-        await client.unary(cli.SERVICE + "Enqueue", request, pb.EnqueueResponse)
+        for name, prompt in (prompts or {"k1": "Ship it?"}).items():
+            argv = ["enqueue", *RUN, *URIS, "--action", name, "--parent", "a0"]
+            request = cli.build_enqueue(
+                cli.parse_args([*argv, "--type", "condition", "--condition-type", "bool"])
+            )
+            request.action.condition.prompt = prompt
+            await client.unary(cli.SERVICE + "Enqueue", request, pb.EnqueueResponse)
 
 
 async def test_watch_shows_a_prompt_and_an_abort_reason_from_a_real_server() -> None:
     async with actions_server() as (url, paths):
-        await setup_run(url)
+        await setup_run(url, prompts={"k1": "Ship it?", "k2": "Really?"})
         out = Capture()
         result: list[tuple[int, str, str]] = []
 
@@ -224,16 +227,18 @@ async def test_watch_shows_a_prompt_and_an_abort_reason_from_a_real_server() -> 
                     await ok(url, "update", *RUN, "--action", "c1", "--phase", phase)
                 await ok(url, "abort", *RUN, "--action", "c2", "--reason", "wrong shard")
                 await out.seen("c2 ABORTED")
-                await ok(url, "signal", *RUN, "--action", "k1", "--parent", "a0",
-                         "--value", "true", "--value-type", "bool")  # fmt: skip
+                for name in ("k1", "k2"):
+                    await ok(url, "signal", *RUN, "--action", name, "--parent", "a0",
+                             "--value", "true", "--value-type", "bool")  # fmt: skip
         code, text, err = result[0]
-        assert (code, err) == (1, "1 of 3 children did not succeed: c2 ABORTED\n")
-        k1_row = next(line for line in text.splitlines() if line.startswith("k1 "))
-        assert k1_row.endswith("waiting for bool: Ship it?")
+        assert (code, err) == (1, "1 of 4 children did not succeed: c2 ABORTED\n")
+        rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("k")}
+        assert rows["k1"].endswith("waiting for bool: Ship it?")
+        assert rows["k2"].endswith("waiting for bool: Really?")
         assert " c2 ABORTED aborted: wrong shard" in text  # the event line
-        # One details request for k1 at the snapshot, one for c2 when aborted; none for
-        # c1's changes nor for k1 resolved.
-        assert paths.console_calls() == ["GetAction", "GetAction"]
+        # One request for the snapshot's two conditions, one for c2 when aborted; none
+        # for c1's changes nor for the conditions resolved.
+        assert paths.console_calls() == ["GetRun", "GetAction"]
 
 
 TOKENS = """\
