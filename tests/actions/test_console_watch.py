@@ -334,21 +334,37 @@ async def test_watch_runs_snapshot_page_ends_with_its_token(env: Env) -> None:
         assert sorted([*runs, page.runs[0].run.name]) == ["r0", "r1", "r2"]
 
 
+def deleted_obj(name: str, **parts: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {}, **parts}
+
+
 def test_recent_deletions_are_bounded_in_number_and_age() -> None:
     now = [0.0]
     recent = RecentDeletions(capacity=2, max_age=10, clock=lambda: now[0])
-
-    def obj(name: str) -> dict[str, Any]:
-        return {"metadata": {"name": name}, "spec": {}}
-
     for name in ("a", "b", "c"):
-        recent.observe(WatchEvent("DELETED", obj(name)))
-    assert (recent.get("a"), len(recent)) == (None, 2)
-    assert recent.get("c") == obj("c")
-    recent.observe(WatchEvent("ADDED", obj("c")))  # the name is used again
+        recent.observe(WatchEvent("DELETED", deleted_obj(name)))
+    assert (recent.get("a"), len(recent)) == (None, 2)  # the oldest made room
+    assert recent.get("c") == deleted_obj("c")
+    recent.observe(WatchEvent("ADDED", deleted_obj("c")))  # the name is used again
     assert recent.get("c") is None
     now[0] = 11
-    assert recent.get("b") is None
+    assert recent.get("b") is None  # too old
+
+
+def test_recent_deletions_keep_only_what_a_view_shows() -> None:
+    recent = RecentDeletions()
+    big = deleted_obj(
+        "d",
+        metadata={"name": "d", "managedFields": ["..."]},
+        spec={"actionName": "d", "taskTemplate": "x" * 10_000},
+        status={"attempts": 1, "pluginState": "y" * 10_000},
+    )
+    recent.observe(WatchEvent("DELETED", big))
+    assert recent.get("d") == {
+        "metadata": {"name": "d"},
+        "spec": {"actionName": "d"},
+        "status": {"attempts": 1},
+    }
 
 
 TOKENS = "tokens:\n  - {name: operator, token: op-token, allow: ['*']}\n"

@@ -4,6 +4,8 @@ Abort deletes an action at once (with no executor's finalizer to keep it), so it
 reason lives only in the DELETED event's object. The fan-out shows every store event to
 ``RecentDeletions.observe``, which keeps the last ``capacity`` deleted objects for
 ``max_age`` seconds: enough for a watcher that sees an action turn ABORTED to ask why.
+It keeps them without what a view never shows and what may be large (the task template,
+environment, plugin state, managed fields): a few hundred bytes to a few KB each.
 """
 
 from __future__ import annotations
@@ -17,6 +19,20 @@ from actions.store.base import KubeObject, WatchEvent
 
 DEFAULT_CAPACITY: Final = 1_000
 DEFAULT_MAX_AGE: Final = 600.0
+_UNSHOWN: Final = {
+    "metadata": frozenset({"managedFields", "ownerReferences", "finalizers"}),
+    "spec": frozenset({"taskTemplate", "envVars", "traceSpec"}),
+    "status": frozenset({"stateJson", "pluginState"}),
+}
+
+
+def _trimmed(obj: KubeObject) -> KubeObject:
+    out = dict(obj)
+    for part, unshown in _UNSHOWN.items():
+        value = obj.get(part)
+        if isinstance(value, dict):
+            out[part] = {k: v for k, v in value.items() if k not in unshown}
+    return out
 
 
 class RecentDeletions:
@@ -43,7 +59,7 @@ class RecentDeletions:
         elif event.type == "DELETED":
             name = event.name
             self._last.pop(name, None)
-            self._last[name] = (self._clock(), event.object)
+            self._last[name] = (self._clock(), _trimmed(event.object))
             while len(self._last) > self.capacity:
                 self._last.popitem(last=False)
 
