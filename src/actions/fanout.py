@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import trio
 from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
@@ -286,10 +286,8 @@ class FanOut:
     def _remove(
         self, sub: Subscription[WatchForUpdatesResponse] | Subscription[WatchEvent]
     ) -> None:
-        registry: dict[object, dict[object, None]] = (
-            self._subscribers  # type: ignore[assignment]
-            if isinstance(sub.key, objects.WatchKey)
-            else self._event_subscribers
+        registry: dict[Any, dict[Any, None]] = (
+            self._subscribers if isinstance(sub.key, objects.WatchKey) else self._event_subscribers
         )
         subs = registry.get(sub.key)
         if subs is not None:

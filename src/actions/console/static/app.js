@@ -216,7 +216,7 @@ function watchRuns() {
   const table = $("#runs");
   table.dataset.state = "connecting";
   state.runsStream = keepOpen((signal, synced) => {
-    let snapshot = new Map();
+    const snapshot = new Map();
     let live = false;
     return serverStream(CONSOLE + "WatchRuns", { ...filters, pageSize: PAGE_SIZE }, (m) => {
       if (m.snapshotEnd) {
@@ -244,7 +244,7 @@ function watchRuns() {
 
 function addRun(run) {
   const key = runKey(run.run);
-  if (!state.runs.has(key) && state.nextPage) {
+  if (!state.runs.has(key) && state.nextPage && state.runs.size) {
     // Older than every run shown, with more pages to come: "More runs" will bring it.
     const oldest = Math.min(...[...state.runs.values()].map((r) => Date.parse(r.createdAt)));
     if (Date.parse(run.createdAt) < oldest) return;
