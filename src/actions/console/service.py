@@ -344,10 +344,12 @@ class ConsoleService:
         labels = _label_filter(filters)
         with self.fanout.subscribe_events(ROOTS) as sub:
             # The snapshot is not filtered by resourceVersion (the roots' order has
-            # none): an event buffered meanwhile is sent again after it, which only
-            # restates a run.
+            # none): an event buffered meanwhile is sent after it unless it shows the
+            # same summary, which at worst restates a run.
             page = await self.list_runs(filters, ctx)
-            sent: OrderedDict[str, bytes] = OrderedDict()
+            sent: OrderedDict[str, bytes] = OrderedDict(
+                (_root_object_name(run), _digest(run)) for run in page.runs
+            )
             snapshot = [cpb.WatchRunsResponse(run=run) for run in page.runs]
             snapshot.append(
                 cpb.WatchRunsResponse(
@@ -389,6 +391,11 @@ def _run_changes(events: list[WatchEvent], sent: dict[str, bytes]) -> list[cpb.W
         sent[view.name] = digest
         out.append(cpb.WatchRunResponse(action=view))
     return out
+
+
+def _root_object_name(summary: cpb.RunSummary) -> str:
+    run = summary.run
+    return naming.object_name_for(run.org, run.project, run.domain, run.name, summary.root_action)
 
 
 def _labels_match(obj: KubeObject, labels: dict[str, str]) -> bool:
