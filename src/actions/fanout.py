@@ -242,9 +242,12 @@ class FanOut:
         return self._running and not self._closing
 
     def subscriber_count(self) -> int:
-        return sum(len(subs) for subs in self._subscribers.values()) + sum(
-            len(subs) for subs in self._event_subscribers.values()
-        )
+        """Open WatchForUpdates subscriptions."""
+        return sum(len(subs) for subs in self._subscribers.values())
+
+    def event_subscriber_count(self) -> int:
+        """Open console subscriptions (``subscribe_events``)."""
+        return sum(len(subs) for subs in self._event_subscribers.values())
 
     def shard_depths(self) -> list[int]:
         """Names queued in each worker's channel now (a gauge per shard)."""

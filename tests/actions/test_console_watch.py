@@ -207,7 +207,7 @@ async def test_watch_run_falls_behind_and_is_resynced_not_dropped() -> None:
                 await s.next()
             assert info.value.code == Code.UNAVAILABLE
             assert "resync" in info.value.message
-        assert env.fanout.subscriber_count() == 0
+        assert env.fanout.event_subscriber_count() == 0
 
 
 @pytest.mark.parametrize("backend", ["embedded", "kubernetes"])
@@ -261,7 +261,7 @@ async def test_watch_run_errors(env: Env) -> None:
         with pytest.raises(RpcError) as info:
             await s.next()
         assert info.value.code == Code.INVALID_ARGUMENT
-    assert env.fanout.subscriber_count() == 0
+    assert env.fanout.event_subscriber_count() == 0
     idle = ConsoleService(lambda: env.store)  # no fan-out: starting or stopping
     async with stream(idle.watch_run, cpb.WatchRunRequest(run=run_id()), "WatchRun") as s:
         with pytest.raises(RpcError) as info:
