@@ -49,8 +49,12 @@ from prometheus_client import CollectorRegistry, Gauge
 from actions import preflight
 from actions.conditions import ConditionTimer
 from actions.config import Config
+from actions.console.service import (  # console
+    MAX_WATCH_RUN_STREAMS,
+    MAX_WATCH_RUNS_STREAMS,
+    ConsoleService,
+)
 from actions.console.service import SERVICE_DESCRIPTOR as CONSOLE_SERVICE  # console
-from actions.console.service import ConsoleService  # console
 from actions.console.static import static_routes  # console
 from actions.fanout import FanOut
 from actions.metrics import FanOutMetrics, ServiceCollector, lag_histogram
@@ -242,7 +246,8 @@ class ActionsApplication:
             namespace=config.namespace, resolve_conditions=not config.executor_runs
         )
         self.notifier: RunServiceNotifier | None = None  # with actions.runServiceUrl
-        self.console = ConsoleService(lambda: self.observed)  # console: the read API
+        # console: the read API, its streams on the fan-out
+        self.console = ConsoleService(lambda: self.observed, lambda: self.fanout)
         self.registry = CollectorRegistry()
         self.metrics = FanOutMetrics(observe_lag=lag_histogram(self.registry).observe)
         self.health = HealthStatus(overall=NOT_SERVING)
@@ -306,11 +311,16 @@ class ActionsApplication:
             observers=observers,
             request_id_header=REQUEST_ID_HEADER,
             max_streams=config.max_server_streams,
-            max_streams_per_method=(
-                {WATCH_PATH: config.max_watch_subscriptions}
-                if config.max_watch_subscriptions is not None
-                else None
-            ),
+            max_streams_per_method={
+                **(
+                    {WATCH_PATH: config.max_watch_subscriptions}
+                    if config.max_watch_subscriptions is not None
+                    else {}
+                ),
+                # console: one WatchRun and one WatchRuns per open page
+                f"/{CONSOLE_SERVICE.full_name}/WatchRun": MAX_WATCH_RUN_STREAMS,
+                f"/{CONSOLE_SERVICE.full_name}/WatchRuns": MAX_WATCH_RUNS_STREAMS,
+            },
             max_streams_per_connection=config.max_server_streams_per_connection,
             write_timeout=config.write_timeout,
         )
@@ -378,7 +388,10 @@ class ActionsApplication:
                 buffer_size=config.watch_buffer_size,
                 subscriber_buffer=config.subscriber_buffer_size,
                 metrics=self.metrics,
-                observers=[notifier.observe] if notifier is not None else [],
+                observers=[
+                    *([notifier.observe] if notifier is not None else []),
+                    self.console.recent.observe,  # console: GetAction of a deleted action
+                ],
                 resyncs=[notifier.resync] if notifier is not None else [],
             )
             async with trio.open_nursery() as nursery:

@@ -21,7 +21,10 @@ a wait. A parent without children (a leaf) is watched until children appear, or,
 ``--until-done``, until it is itself terminal. ``--until-done`` ends once every child
 is terminal, and exits 1 when any FAILED, was ABORTED or TIMED_OUT. When every child
 is terminal and one was aborted, ``watch`` checks whether the parent still exists; an
-aborted (deleted) parent ends the watch with exit status 1.
+aborted (deleted) parent ends the watch with exit status 1. The NOTE of a paused
+condition, an aborted action or a failure without an error on the stream comes from the
+console read API (``NoteFetcher``), once per child and phase; without it (an older
+server, a token that may not read it) the NOTE says what the phase means.
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ from flyteidl2.workflow import run_definition_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.cli_parsing import SuggestingParser
 from actions.phases import name as phase_name
 from actions.watch_follow import OpenStream, follow_watch
-from actions.watch_view import JsonLines, Screen, TableView, WatchState
+from actions.watch_view import JsonLines, Screen, TableView, WatchState, detail_note
 from connect_proto import Code, ConnectClient, RpcError
 
 SERVICE: Final = "/flyteidl2.actions.ActionsService/"
+CONSOLE_SERVICE: Final = "/flyte_actions.console.v1.ConsoleService/"
 DEFAULT_URL: Final = "http://127.0.0.1:8091"
 EXIT_UNSUCCESSFUL: Final = 1  # watch: a child failed, was aborted or timed out
 EXIT_USAGE: Final = 2
@@ -72,6 +77,8 @@ exit status of enqueue, update, abort, signal and watch:
 WATCH_TIMEOUT: Final = httpx.Timeout(connect=10.0, read=None, write=30.0, pool=10.0)
 WATCH_MAX_RECONNECTS: Final = 5
 PROBE_SECONDS: Final = 10.0  # to tell whether a watched parent still exists
+DETAILS_SECONDS: Final = 5.0  # one NOTE details request, at most
+DETAILS_MAX_FAILURES: Final = 3  # in a row; then the watch stops asking
 
 ActionPhase = phase_pb2.ActionPhase
 PHASE_PREFIX: Final = "ACTION_PHASE_"
@@ -357,6 +364,8 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         async def probe_parent() -> bool:
             return await parent_exists(open_stream, args.parent_name)
 
+        notes = None if args.json else NoteFetcher(client, request.parent_action_id.run)
+
         error: RpcError | None = None
         async with trio.open_nursery() as nursery:
             if live:
@@ -366,7 +375,7 @@ async def cmd_watch(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             try:
                 await follow_watch(
                     open_stream, state, sink, until_done=args.until_done,
-                    probe_parent=probe_parent,
+                    probe_parent=probe_parent, details=notes,
                 )  # fmt: skip
             except RpcError as exc:
                 error = exc
@@ -394,6 +403,68 @@ def _watch_outcome(state: WatchState, err: TextIO) -> int:
     more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
     err.write(f"{len(bad)} of {len(state.children)} children did not succeed: {listed}{more}\n")
     return EXIT_UNSUCCESSFUL
+
+
+class NoteFetcher:
+    """``watch``'s ``FetchDetails``: the NOTE of the named children from the console read
+    API on the watch's client (GetAction for one, GetRun for several), each request
+    bounded by ``DETAILS_SECONDS``. A failure gives no note, never an error: the read
+    API missing or refused to this token stops the asking at once, other failures after
+    ``DETAILS_MAX_FAILURES`` in a row."""
+
+    def __init__(
+        self, client: ConnectClient, run: identifier_pb2.RunIdentifier, *,
+        seconds: float = DETAILS_SECONDS,
+    ) -> None:  # fmt: skip
+        self.client = client
+        self.run = cpb.RunId(org=run.org, project=run.project, domain=run.domain, name=run.name)
+        self.seconds = seconds
+        self.failures = 0
+        self.requests = 0
+        self.stopped = False
+
+    async def __call__(self, names: list[str]) -> dict[str, str]:
+        if self.stopped or not names:
+            return {}
+        self.requests += 1
+        views: list[cpb.ActionView] = []
+        timeout_ms = int(self.seconds * 1000)
+        with trio.move_on_after(self.seconds) as scope:
+            try:
+                if len(names) == 1:
+                    one = await self.client.unary(
+                        CONSOLE_SERVICE + "GetAction",
+                        cpb.GetActionRequest(run=self.run, name=names[0]),
+                        cpb.GetActionResponse,
+                        timeout_ms=timeout_ms,
+                    )
+                    views = [one.action]
+                else:
+                    run = await self.client.unary(
+                        CONSOLE_SERVICE + "GetRun",
+                        cpb.GetRunRequest(run=self.run),
+                        cpb.GetRunResponse,
+                        timeout_ms=timeout_ms,
+                    )
+                    views = list(run.actions)
+            except RpcError as exc:
+                if exc.code in (Code.UNIMPLEMENTED, Code.PERMISSION_DENIED, Code.UNAUTHENTICATED):
+                    self.stopped = True
+                elif exc.code is not Code.NOT_FOUND:  # gone already: nothing to say
+                    self._failed()
+                return {}
+        if scope.cancelled_caught:
+            self._failed()
+            return {}
+        self.failures = 0
+        wanted = set(names)
+        found = {view.name: detail_note(view) for view in views if view.name in wanted}
+        return {name: text for name, text in found.items() if text}
+
+    def _failed(self) -> None:
+        self.failures += 1
+        if self.failures >= DETAILS_MAX_FAILURES:
+            self.stopped = True
 
 
 async def parent_exists(open_stream: OpenStream, parent: str) -> bool:

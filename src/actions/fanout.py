@@ -21,6 +21,10 @@
 - A change stream that fails is reopened after a pause that doubles while it keeps
   failing (``restart_delay`` up to ``max_restart_delay``); the first failure is one log
   line naming the cause, repeats are counted, and the reopening says how many there were.
+- The console's streams subscribe the same way to a whole run (``RunKey``: every action
+  whose spec names the run) or to every run's root (``ROOTS``); they are handed the
+  store event itself (``subscribe_events``) and turn it into their own message when
+  they send it. With none open, an event costs them one empty-dict check.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import trio
 from flyteidl2.actions.actions_service_pb2 import WatchForUpdatesResponse
@@ -40,7 +45,7 @@ from actions import objects
 from actions.log_policy import Outage, exception_summary
 from actions.metrics import FanOutMetrics
 from actions.naming import fnv1a_32
-from actions.store.base import WatchEvent
+from actions.store.base import KubeObject, WatchEvent
 from connect_proto import Code, RpcError
 
 log = logging.getLogger(__name__)
@@ -48,6 +53,38 @@ log = logging.getLogger(__name__)
 # A change stream that followed changes this long before it failed was working: the
 # next reopen starts over from the shortest pause.
 HEALTHY_STREAM_SECONDS = 10.0
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """A stream scoped to every action of one run, the root included."""
+
+    org: str
+    project: str
+    domain: str
+    run: str
+
+
+class _Roots(enum.Enum):
+    ROOTS = "roots"
+
+
+# A stream scoped to the root action of every run.
+ROOTS: Final = _Roots.ROOTS
+EventKey = RunKey | _Roots
+
+
+def run_key_of(obj: KubeObject) -> RunKey:
+    """The run an object belongs to, from its spec (labels may be hashed)."""
+    spec = obj.get("spec") or {}
+    return RunKey(
+        objects.org_of(obj),
+        spec.get("project", ""),
+        spec.get("domain", ""),
+        spec.get("runName", ""),
+    )
 
 
 class EventSource(Protocol):
@@ -69,14 +106,15 @@ class Offered(enum.Enum):
     FULL = "full"  # no room: the stream must be resynced
 
 
-class Subscription:
-    """One WatchForUpdates stream's place in the fan-out."""
+class Subscription(Generic[T]):
+    """One stream's place in the fan-out: a WatchForUpdates stream buffers the updates
+    it sends (``T`` is WatchForUpdatesResponse), a console stream the store events."""
 
     __slots__ = ("_error", "_observe_lag", "_pending", "_wakeup", "capacity", "key", "min_rv")
 
     def __init__(
         self,
-        key: objects.WatchKey,
+        key: objects.WatchKey | EventKey,
         capacity: int,
         observe_lag: Callable[[float], None] | None = None,
     ) -> None:
@@ -85,7 +123,7 @@ class Subscription:
         # Updates at or below this resourceVersion are already in the stream's snapshot.
         self.min_rv = 0
         # action -> (resourceVersion, update, when the fan-out read its event)
-        self._pending: OrderedDict[str, tuple[int, WatchForUpdatesResponse, float]] | None = None
+        self._pending: OrderedDict[str, tuple[int, T, float]] | None = None
         self._observe_lag = observe_lag
         self._wakeup: trio.Event | None = None
         self._error: RpcError | None = None
@@ -97,9 +135,7 @@ class Subscription:
     def buffered(self) -> int:
         return len(self._pending) if self._pending else 0
 
-    def offer(
-        self, action: str, rv: int, response: WatchForUpdatesResponse, read_at: float = 0.0
-    ) -> Offered:
+    def offer(self, action: str, rv: int, response: T, read_at: float = 0.0) -> Offered:
         """Buffer an update without blocking."""
         if self._error is not None:
             return Offered.MERGED  # the stream ends at its next read; nothing to keep
@@ -126,7 +162,7 @@ class Subscription:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def next_batch(self) -> list[WatchForUpdatesResponse]:
+    async def next_batch(self) -> list[T]:
         """Wait for buffered updates newer than the snapshot and take them all, in the
         order their actions first became pending. Raises the stream's error, if any."""
         while True:
@@ -198,7 +234,12 @@ class FanOut:
         self._max_restart_delay = max(restart_delay, max_restart_delay)
         self._stream_outage = Outage(log, clock=trio.current_time)
         self._workers = [_Worker(buffer_size) for _ in range(workers)]
-        self._subscribers: dict[objects.WatchKey, dict[Subscription, None]] = {}
+        self._subscribers: dict[
+            objects.WatchKey, dict[Subscription[WatchForUpdatesResponse], None]
+        ] = {}
+        # The console's streams, fed with store events (a separate registry, so that the
+        # WatchForUpdates path is unchanged).
+        self._event_subscribers: dict[EventKey, dict[Subscription[WatchEvent], None]] = {}
         self._running = False
         self._closing = False
         self.metrics = metrics or FanOutMetrics()
@@ -212,7 +253,12 @@ class FanOut:
         return self._running and not self._closing
 
     def subscriber_count(self) -> int:
+        """Open WatchForUpdates subscriptions."""
         return sum(len(subs) for subs in self._subscribers.values())
+
+    def event_subscriber_count(self) -> int:
+        """Open console subscriptions (``subscribe_events``)."""
+        return sum(len(subs) for subs in self._event_subscribers.values())
 
     def shard_depths(self) -> list[int]:
         """Names queued in each worker's channel now (a gauge per shard)."""
@@ -220,45 +266,76 @@ class FanOut:
 
     def registry_size(self) -> int:
         """Number of keys in the registry; 0 when no stream is open."""
-        return len(self._subscribers)
+        return len(self._subscribers) + len(self._event_subscribers)
 
     @contextmanager
-    def subscribe(self, key: objects.WatchKey) -> Iterator[Subscription]:
+    def subscribe(self, key: objects.WatchKey) -> Iterator[Subscription[WatchForUpdatesResponse]]:
         """Register a stream for ``key`` for the duration of the ``with`` block; it is
         removed on every exit path."""
         if not self.running:
             raise RpcError(Code.UNAVAILABLE, "watch fan-out is not running; retry")
-        sub = Subscription(key, self._subscriber_buffer, self.metrics.observe_lag)
+        sub = Subscription[WatchForUpdatesResponse](
+            key, self._subscriber_buffer, self.metrics.observe_lag
+        )
         self._subscribers.setdefault(key, {})[sub] = None
         try:
             yield sub
         finally:
             self._remove(sub)
 
-    def _remove(self, sub: Subscription) -> None:
-        subs = self._subscribers.get(sub.key)
+    @contextmanager
+    def subscribe_events(self, key: EventKey) -> Iterator[Subscription[WatchEvent]]:
+        """Like ``subscribe``, for a whole run (``RunKey``) or every root (``ROOTS``):
+        the stream is handed each store event of its scope, buffered by object name
+        (the newest event of an object replaces an older one still buffered)."""
+        if not self.running:
+            raise RpcError(Code.UNAVAILABLE, "watch fan-out is not running; retry")
+        sub = Subscription[WatchEvent](key, self._subscriber_buffer, self.metrics.observe_lag)
+        self._event_subscribers.setdefault(key, {})[sub] = None
+        try:
+            yield sub
+        finally:
+            self._remove(sub)
+
+    def _remove(
+        self, sub: Subscription[WatchForUpdatesResponse] | Subscription[WatchEvent]
+    ) -> None:
+        registry: dict[Any, dict[Any, None]] = (
+            self._subscribers if isinstance(sub.key, objects.WatchKey) else self._event_subscribers
+        )
+        subs = registry.get(sub.key)
         if subs is not None:
             subs.pop(sub, None)
             if not subs:
-                del self._subscribers[sub.key]
+                del registry[sub.key]
 
-    def _resync(self, sub: Subscription, why: str) -> None:
+    def _all_subscriptions(
+        self,
+    ) -> list[Subscription[WatchForUpdatesResponse] | Subscription[WatchEvent]]:
+        out: list[Subscription[WatchForUpdatesResponse] | Subscription[WatchEvent]] = []
+        for subs in self._subscribers.values():
+            out.extend(subs)
+        for event_subs in self._event_subscribers.values():
+            out.extend(event_subs)
+        return out
+
+    def _resync(
+        self, sub: Subscription[WatchForUpdatesResponse] | Subscription[WatchEvent], why: str
+    ) -> None:
         self.metrics.subscriber_resyncs += 1
         sub.fail(RpcError(Code.UNAVAILABLE, f"resync: {why}; reconnect for a fresh snapshot"))
         self._remove(sub)
 
     def resync_all(self, why: str) -> None:
-        for subs in list(self._subscribers.values()):
-            for sub in list(subs):
-                self._resync(sub, why)
+        for sub in self._all_subscriptions():
+            self._resync(sub, why)
 
     def shutdown(self) -> None:
         """End every stream (UNAVAILABLE) and refuse new ones: the server is stopping."""
         self._closing = True
-        for subs in list(self._subscribers.values()):
-            for sub in list(subs):
-                sub.fail(RpcError(Code.UNAVAILABLE, "server is shutting down"))
-                self._remove(sub)
+        for sub in self._all_subscriptions():
+            sub.fail(RpcError(Code.UNAVAILABLE, "server is shutting down"))
+            self._remove(sub)
 
     # -- the pipeline ----------------------------------------------------------------
 
@@ -331,7 +408,9 @@ class FanOut:
                     metrics.events_merged += 1
                     continue
                 key = objects.watch_key_of(event.object)
-                if key is None or key not in self._subscribers:
+                if (key is None or key not in self._subscribers) and not (
+                    self._event_subscribers and self._event_subs_of(event.object)
+                ):
                     # Safe to skip: a stream that subscribes later reads its snapshot
                     # after subscribing, so after this (already committed) change.
                     metrics.events_skipped += 1
@@ -357,6 +436,8 @@ class FanOut:
     ) -> None:
         obj = event.object
         name = event.name
+        if self._event_subscribers:
+            self._offer_event(event, read_at)
         key = objects.watch_key_of(obj)
         subs = None if key is None else self._subscribers.get(key)
         if not subs:
@@ -384,3 +465,28 @@ class FanOut:
                 metrics.updates_delivered += 1
             else:
                 metrics.updates_merged += 1
+
+    def _event_subs_of(self, obj: KubeObject) -> list[dict[Subscription[WatchEvent], None]]:
+        """The console streams an object's events go to: its run's, and the roots'."""
+        registry = self._event_subscribers
+        found = []
+        run_subs = registry.get(run_key_of(obj))
+        if run_subs:
+            found.append(run_subs)
+        if ROOTS in registry and not (obj.get("spec") or {}).get("parentActionName"):
+            found.append(registry[ROOTS])
+        return found
+
+    def _offer_event(self, event: WatchEvent, read_at: float) -> None:
+        rv = objects.resource_version(event.object)
+        name = event.name
+        metrics = self.metrics
+        for subs in self._event_subs_of(event.object):
+            for sub in list(subs):
+                offered = sub.offer(name, rv, event, read_at)
+                if offered is Offered.FULL:
+                    self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
+                elif offered is Offered.ADDED:
+                    metrics.updates_delivered += 1
+                else:
+                    metrics.updates_merged += 1

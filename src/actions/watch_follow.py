@@ -6,6 +6,11 @@ new snapshot (see docs/architecture.md, "One watch"). ``follow_watch`` does that
 ``actions-service watch``: it folds each response into a ``WatchState`` and hands it to
 a ``WatchSink`` that shows it. It knows nothing of argparse or of how responses are
 shown, so it is tested with a scripted stream instead of a server.
+
+The stream lacks what some NOTEs need (a condition's prompt, an abort's reason), so
+``follow_watch`` may be given ``FetchDetails``: asked once per child and phase that
+wants details (``WatchState.wanting_details``), for every such child at the snapshot and
+then for the child an update is about, before the response is shown.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ OpenStream = Callable[[], AsyncGenerator[pb.WatchForUpdatesResponse, None]]
 
 
 ProbeParent = Callable[[], Awaitable[bool]]
+# Child names -> the NOTE their details give; must not raise (a failure gives no note).
+FetchDetails = Callable[[list[str]], Awaitable[dict[str, str]]]
 
 
 class WatchSink(Protocol):
@@ -66,6 +73,7 @@ async def follow_watch(
     *,
     until_done: bool = False,
     probe_parent: ProbeParent | None = None,
+    details: FetchDetails | None = None,
     policy: ReconnectPolicy = ReconnectPolicy(),
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
@@ -90,7 +98,7 @@ async def follow_watch(
         try:
             await _follow_once(
                 open_stream, state, sink, until_done=until_done, probe_parent=probe_parent,
-                clock=clock,
+                details=details, clock=clock,
             )  # fmt: skip
             return
         except RpcError as exc:
@@ -113,6 +121,7 @@ async def _follow_once(
     *,
     until_done: bool,
     probe_parent: ProbeParent | None,
+    details: FetchDetails | None,
     clock: Callable[[], float],
 ) -> None:
     async with aclosing(open_stream()) as responses:
@@ -120,6 +129,8 @@ async def _follow_once(
             now = clock()
             was_synced = state.synced
             changed = state.apply(response, now)
+            if details is not None and changed and state.synced:
+                await _add_details(details, state, response, was_synced)
             sink.show(response, state, changed=changed, was_synced=was_synced, now=now)
             if not state.synced:
                 continue
@@ -133,6 +144,23 @@ async def _follow_once(
                 return
 
 
+async def _add_details(
+    details: FetchDetails,
+    state: WatchState,
+    response: pb.WatchForUpdatesResponse,
+    was_synced: bool,
+) -> None:
+    if not was_synced:
+        names = state.wanting_details()  # the snapshot: all at once
+    elif response.WhichOneof("message") == "action_update":
+        names = state.wanting_details(response.action_update.action_id.name)
+    else:
+        return
+    if names:
+        for name, text in (await details(names)).items():
+            state.set_detail(name, text)
+
+
 def _children_aborted(response: pb.WatchForUpdatesResponse, state: WatchState) -> bool:
     """This response made the last child terminal, and some child was aborted."""
     if response.WhichOneof("message") != "action_update":
@@ -144,4 +172,11 @@ def _children_aborted(response: pb.WatchForUpdatesResponse, state: WatchState) -
     )
 
 
-__all__ = ["OpenStream", "ProbeParent", "ReconnectPolicy", "WatchSink", "follow_watch"]
+__all__ = [
+    "FetchDetails",
+    "OpenStream",
+    "ProbeParent",
+    "ReconnectPolicy",
+    "WatchSink",
+    "follow_watch",
+]

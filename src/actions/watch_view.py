@@ -21,6 +21,7 @@ from flyteidl2.common import phase_pb2
 from flyteidl2.workflow.state_service_pb2 import ActionUpdate
 from google.protobuf import json_format
 
+from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.phases import TERMINAL as TERMINAL_PHASES
 from actions.phases import name as phase_name
 
@@ -34,6 +35,16 @@ UNSUCCESSFUL: Final = frozenset(
         phase_pb2.ACTION_PHASE_TIMED_OUT,
     }
 )
+# Phases whose NOTE says more with the action's details (a condition's prompt, an abort's
+# reason, an error the update did not carry), which the watch stream does not have.
+DETAIL_PHASES: Final = frozenset(
+    {
+        phase_pb2.ACTION_PHASE_PAUSED,
+        phase_pb2.ACTION_PHASE_ABORTED,
+        phase_pb2.ACTION_PHASE_FAILED,
+        phase_pb2.ACTION_PHASE_TIMED_OUT,
+    }
+)
 
 
 @dataclass
@@ -42,6 +53,25 @@ class ChildRow:
     phase: int
     since: float  # when this watcher first saw the phase (monotonic seconds)
     note: str = ""  # error, signalled value, what it waits for, or output URI
+    # The details fetched for ``detail_phase`` (None: not asked for yet): shown instead
+    # of ``note`` while the phase is the same.
+    detail: str = ""
+    detail_phase: int | None = None
+
+    @property
+    def shown_note(self) -> str:
+        if self.detail and self.detail_phase == self.phase:
+            return self.detail
+        return self.note
+
+    def wants_detail(self) -> bool:
+        """In a phase with more to say, not asked about in this phase yet, and the
+        update did not say it already (an error it carried)."""
+        return (
+            self.phase in DETAIL_PHASES
+            and self.detail_phase != self.phase
+            and not self.note.startswith("error:")
+        )
 
 
 @dataclass
@@ -110,6 +140,27 @@ class WatchState:
         self.reconnecting = False
         self._restated = set()
 
+    def wanting_details(self, name: str | None = None) -> list[str]:
+        """Children (``name`` alone, when given) whose NOTE wants details, each marked
+        as asked for in its phase: one request per child and phase, whatever comes of it."""
+        if not self.synced:
+            return []
+        rows = self.children.values() if name is None else [self.children.get(name)]
+        wanted = []
+        for row in rows:
+            if row is not None and row.wants_detail():
+                row.detail_phase = row.phase
+                wanted.append(row.name)
+        return wanted
+
+    def set_detail(self, name: str, text: str) -> bool:
+        """Show ``text`` for child ``name`` in the phase its details were asked for."""
+        row = self.children.get(name)
+        if row is None or row.detail_phase != row.phase or row.detail == text:
+            return False
+        row.detail = text
+        return True
+
     def counts(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         for row in self.children.values():
@@ -149,10 +200,10 @@ def sorted_rows(state: WatchState) -> list[ChildRow]:
 
 
 def _note(update: ActionUpdate) -> str:
-    """What the NOTE column says. The watch stream carries the error of a FAILED
-    action and a condition's signalled value; it does not carry an abort's reason or a
-    condition's prompt (ActionUpdate has no field for either), so those rows say what
-    the phase means."""
+    """What the NOTE column says from the update alone. The watch stream carries the
+    error of a FAILED action and a condition's signalled value; it does not carry an
+    abort's reason or a condition's prompt (ActionUpdate has no field for either), so
+    those rows say what the phase means until their details arrive (``set_detail``)."""
     phase = update.phase
     if update.HasField("error") and (update.error.message or update.error.code):
         code = f"[{update.error.code}] " if update.error.code else ""
@@ -171,6 +222,26 @@ def _note(update: ActionUpdate) -> str:
     if phase == phase_pb2.ACTION_PHASE_PAUSED:
         return "waiting for a signal"
     return update.output_uri
+
+
+def detail_note(view: cpb.ActionView) -> str:
+    """The NOTE an action's details give (the console read API's view): a paused
+    condition's prompt and type, an abort's reason, an error; "" when they add nothing."""
+    condition = view.condition if view.HasField("condition") else None
+    error = view.error if view.HasField("error") else None
+    if view.phase == "PAUSED" and condition is not None:
+        kind = condition.value_type or "a signal"
+        prompt = condition.prompt or condition.name
+        return f"waiting for {kind}: {prompt}" if prompt else f"waiting for {kind}"
+    if view.phase == "ABORTED" or view.abort_reason:
+        return f"aborted: {view.abort_reason}" if view.abort_reason else ""
+    if error is not None and (error.message or error.code):
+        code = f"[{error.code}] " if error.code else ""
+        return f"error: {code}{error.message}".strip()
+    if view.phase == "TIMED_OUT" and condition is not None:
+        prompt = condition.prompt or condition.name
+        return f"timed out waiting: {prompt}" if prompt else ""
+    return ""
 
 
 _COLOURS: Final[dict[int, str]] = {
@@ -272,8 +343,8 @@ def _row_line(row: ChildRow, now: float, name_w: int, phase_w: int, width: int,
     phase = f"{phase_name(row.phase):<{phase_w}}"
     head = f"{row.name:<{name_w}}  "
     line = f"{head}{phase}  {format_duration(now - row.since):>8}"
-    if row.note:
-        line += f"  {row.note}"
+    if row.shown_note:
+        line += f"  {row.shown_note}"
     line = clip(line, width)
     end = len(head) + len(phase)
     if color and len(line) >= end and line[len(head) : end] == phase:
@@ -312,7 +383,7 @@ class Screen:
 
     def event(self, row: ChildRow) -> None:
         """Non-live mode: one line per child change after the snapshot."""
-        self.line(f"{row.name} {phase_name(row.phase)} {row.note}".rstrip())
+        self.line(f"{row.name} {phase_name(row.phase)} {row.shown_note}".rstrip())
 
     def line(self, text: str) -> None:
         """Non-live mode: one time-stamped line."""

@@ -1,6 +1,7 @@
 """The web console in a real headless browser (Debian's chromium through chromedriver,
-driven by selenium): runs listed, a run's tree, a live update without reloading, abort
-and signal from the page, and a wrong token's error. Screenshots go to tests/artifacts/.
+driven by selenium): runs listed, a run's tree, live updates without reloading (at any
+depth, and new runs in the list), abort and signal from the page, and a wrong token's
+error. Screenshots go to tests/artifacts/.
 
 The served app runs in its own thread (its own trio loop) so that the blocking selenium
 calls of these synchronous tests do not stall it.
@@ -8,9 +9,10 @@ calls of these synchronous tests do not stall it.
 
 from __future__ import annotations
 
+import math
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,11 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from servers import require_tool
 
+from actions import naming
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
+from connect_proto import RequestContext
+from connect_proto._headers import Headers
 from connect_proto._server.serve import make_config
 from connect_proto._server.serve import serve as serve_asgi
 
@@ -51,18 +56,21 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 class ServerThread:
     """The app served on 127.0.0.1 in a thread until ``stop``."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, auth: bool = True) -> None:
         tokens = tmp / "tokens.yaml"
         tokens.write_text(TOKENS)
-        self.config = Config(port=0, auth_token_file=tokens)
+        self.config = Config(port=0, auth_token_file=tokens if auth else None)
         self.port = 0
         self._started = threading.Event()
         self._token: trio.lowlevel.TrioToken | None = None
         self._cancel: trio.CancelScope | None = None
         self._thread = threading.Thread(target=lambda: trio.run(self._main), daemon=True)
+        self.application: ActionsApplication | None = None
 
     async def _main(self) -> None:
-        application = ActionsApplication(self.config, open_store=open_memory_store)
+        application = self.application = ActionsApplication(
+            self.config, open_store=open_memory_store
+        )
         with trio.CancelScope() as scope:
             self._cancel = scope
             self._token = trio.lowlevel.current_trio_token()
@@ -86,6 +94,12 @@ class ServerThread:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def call(self, function: Callable[[], Awaitable[Any]]) -> Any:
+        """Run ``function`` in the server's trio loop (to write to its store as an
+        executor would) and return its result."""
+        assert self._token is not None
+        return trio.from_thread.run(function, trio_token=self._token)
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +175,12 @@ def open_page(driver: Any, server: ServerThread, fragment: str = "", token: str 
     driver.find_element(By.CSS_SELECTOR, "#token-form button").click()
 
 
+def context() -> RequestContext:
+    return RequestContext(
+        method=ACTIONS + "Update", protocol="direct", request_headers=Headers(), deadline=math.inf
+    )
+
+
 def run_fragment(run: str) -> str:
     return f"#run={ORG}%2F{PROJECT}%2F{DOMAIN}%2F{run}"
 
@@ -172,6 +192,28 @@ def phase_in_tree(driver: Any, action: str) -> str | None:
         f'#tree .action[data-action="{action}"] .head .phase',
     )
     return phase
+
+
+def live(driver: Any, what: str = "#live") -> None:
+    """Wait until the page follows its stream (the snapshot is shown)."""
+    wait_for(
+        driver,
+        lambda d: (
+            d.execute_script(
+                "const n = document.querySelector(arguments[0]); return n && n.dataset.state;",
+                what,
+            )
+            == "live"
+        ),
+        f"{what} live",
+    )
+
+
+def text_of(driver: Any, css: str) -> str:
+    text: str = driver.execute_script(
+        "const n = document.querySelector(arguments[0]); return n ? n.textContent : '';", css
+    )
+    return text
 
 
 def type_into(driver: Any, css: str, text: str) -> None:
@@ -267,8 +309,12 @@ def test_signal_from_the_page_resolves_a_condition(server: ServerThread, browser
     rpc(server, ACTIONS + "Enqueue", ask)
     open_page(browser, server, run_fragment("signal"))
     form = 'form.signal[data-action="replicas"]'
+    # The right conditions, not a pause: the page follows the run (its snapshot is shown),
+    # and the condition is PAUSED with its form. Only a change of the condition itself
+    # replaces its node (and the field being typed into) from here on.
+    live(browser)
+    wait_for(browser, lambda d: phase_in_tree(d, "replicas") == "PAUSED", "replicas PAUSED")
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, form), "the condition's form")
-    wait_for(browser, lambda d: not d.execute_script("return !!state.refresh"), "settled")
     condition = browser.find_element(By.CSS_SELECTOR, '.action[data-action="replicas"]')
     assert "How many replicas?" in condition.text
     field = f"{form} input[name=value]"
@@ -309,3 +355,133 @@ def test_wrong_token_shows_the_error(server: ServerThread, browser: Any) -> None
     # With the right token the same tab works again.
     open_page(browser, server, token=TOKEN)
     wait_for(browser, lambda d: not d.find_element(By.ID, "error").is_displayed(), "no error")
+
+
+def test_a_deep_change_appears_without_reload(server: ServerThread, browser: Any) -> None:
+    """Six parents with children and actions three and four levels down: every one is
+    live on one stream (the page used to follow at most four parents)."""
+    run = "deep"
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("a0", run)))
+    for i in range(1, 7):
+        rpc(server, ACTIONS + "Enqueue", task_req(aid(f"b{i}", run), parent="a0"))
+        rpc(server, ACTIONS + "Enqueue", task_req(aid(f"c{i}", run), parent=f"b{i}"))
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("d1", run), parent="c6"))
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("e1", run), parent="d1"))
+    open_page(browser, server, run_fragment(run))
+    live(browser)
+    wait_for(browser, lambda d: phase_in_tree(d, "e1") == "QUEUED", "the tree")
+    browser.execute_script("window.__sameDocument = true;")
+    indent = browser.execute_script(
+        "return document.querySelector('#tree .action[data-action=\"e1\"]').style.marginLeft;"
+    )
+    assert indent == "6rem"  # depth 4
+
+    # A grandchild's grandchild under the last parent changes phase.
+    rpc(server, ACTIONS + "Update", update_req(aid("d1", run), phase_pb2.ACTION_PHASE_RUNNING))
+    wait_for(browser, lambda d: phase_in_tree(d, "d1") == "RUNNING", "d1 RUNNING")
+    # A condition appears three levels down, with its prompt and form.
+    ask = condition_req(aid("gate", run), "c5", simple=types_pb2.BOOLEAN)
+    ask.action.condition.prompt = "Ship it?"
+    rpc(server, ACTIONS + "Enqueue", ask)
+    wait_for(browser, lambda d: phase_in_tree(d, "gate") == "PAUSED", "the condition PAUSED")
+    assert "Ship it?" in text_of(browser, '.action[data-action="gate"] .prompt')
+    assert browser.find_elements(By.CSS_SELECTOR, 'form.signal[data-action="gate"]')
+    # The executor records an error four levels down.
+    rpc(server, ACTIONS + "Update", update_req(aid("e1", run), phase_pb2.ACTION_PHASE_RUNNING))
+    rpc(server, ACTIONS + "Update",
+        update_req(aid("e1", run), phase_pb2.ACTION_PHASE_FAILED, attempt=2))  # fmt: skip
+
+    async def record_error() -> None:
+        assert server.application is not None and server.application.store is not None
+        store = server.application.store
+        obj = await store.get(naming.object_name(aid("e1", run)))
+        obj["status"]["errorState"] = {"code": "OOM", "kind": "USER", "message": "out of memory"}
+        await store.update_status(obj)
+
+    server.call(record_error)
+    wait_for(browser, lambda d: "out of memory" in text_of(d, '.action[data-action="e1"] .err'),
+             "e1's error")  # fmt: skip
+    assert "attempt 2" in text_of(browser, '.action[data-action="e1"] .head')
+    history = text_of(browser, '.action[data-action="e1"] .history')
+    assert history.startswith("QUEUED") and "FAILED" in history
+    # An abort deep down: its reason stays on show with the deleted action.
+    rpc(server, ACTIONS + "Abort", {"actionId": json_format.MessageToDict(aid("c3", run)),
+                                    "reason": "wrong shard"})  # fmt: skip
+    reason = '.action[data-action="c3"] .abort-reason'
+    wait_for(browser, lambda d: "wrong shard" in text_of(d, reason), "c3's abort reason")
+    assert phase_in_tree(browser, "c3") == "ABORTED"
+    assert "deleted" in text_of(browser, '.action[data-action="c3"] .head')
+    # The timeline has a bar for every action, the new ones too.
+    bars = browser.execute_script(
+        "return [...document.querySelectorAll("
+        "'#timeline rect.bar-queued, #timeline rect.bar-waited')].map(r => r.dataset.action);"
+    )
+    assert {"e1", "gate", "c3"} <= set(bars)
+    assert browser.execute_script("return window.__sameDocument === true;")
+    assert browser.find_element(By.ID, "error").is_displayed() is False
+    shot(browser, "deep-live")
+
+
+def test_a_new_run_appears_in_the_list_without_reload(server: ServerThread, browser: Any) -> None:
+    open_page(browser, server)
+    live(browser, "#runs")
+    browser.execute_script("window.__sameDocument = true;")
+    row = f'#runs tbody tr[data-run="{ORG}/{PROJECT}/{DOMAIN}/newcomer"]'
+    assert not browser.find_elements(By.CSS_SELECTOR, row)
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("a0", "newcomer")))
+    wait_for(browser, lambda d: text_of(d, row + " .phase") == "QUEUED", "the new run listed")
+    first = browser.execute_script("return document.querySelector('#runs tbody tr').dataset.run;")
+    assert first == f"{ORG}/{PROJECT}/{DOMAIN}/newcomer"  # newest first
+    rpc(
+        server,
+        ACTIONS + "Update",
+        update_req(aid("a0", "newcomer"), phase_pb2.ACTION_PHASE_RUNNING),
+    )
+    wait_for(browser, lambda d: text_of(d, row + " .phase") == "RUNNING", "its phase changing")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    shot(browser, "runs-live")
+
+    # With a phase filter, a run that leaves the phase leaves the list.
+    Select(browser.find_element(By.ID, "f-phase")).select_by_visible_text("RUNNING")
+    click(browser, "#filters button")
+    live(browser, "#runs")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row), "the RUNNING run")
+    rpc(server, ACTIONS + "Update",
+        update_req(aid("a0", "newcomer"), phase_pb2.ACTION_PHASE_SUCCEEDED))  # fmt: skip
+    wait_for(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, row), "it leaving the list")
+    Select(browser.find_element(By.ID, "f-phase")).select_by_visible_text("any phase")
+    click(browser, "#filters button")
+
+
+def test_after_a_resync_the_page_reconnects_and_misses_nothing(
+    server: ServerThread, browser: Any
+) -> None:
+    """The server ends every stream (as when one falls behind, or the store's change
+    stream restarts): the page reconnects on its own, and a change made meanwhile shows
+    from the fresh snapshot."""
+    run = "resync"
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("a0", run)))
+    rpc(server, ACTIONS + "Enqueue", task_req(aid("b1", run), parent="a0"))
+    open_page(browser, server, run_fragment(run))
+    live(browser)
+    live(browser, "#runs")
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "QUEUED", "the tree")
+    browser.execute_script("window.__sameDocument = true;")
+
+    async def resync_and_change() -> None:
+        application = server.application
+        assert application is not None and application.fanout is not None
+        application.fanout.resync_all("test")
+        # Right away, before the page can have reconnected.
+        await application.service.update(
+            update_req(aid("b1", run), phase_pb2.ACTION_PHASE_RUNNING), context()
+        )
+
+    server.call(resync_and_change)
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "RUNNING", "b1 RUNNING after it")
+    live(browser)
+    rpc(server, ACTIONS + "Update", update_req(aid("b1", run), phase_pb2.ACTION_PHASE_SUCCEEDED))
+    wait_for(browser, lambda d: phase_in_tree(d, "b1") == "SUCCEEDED", "b1 SUCCEEDED")
+    live(browser, "#runs")
+    assert browser.execute_script("return window.__sameDocument === true;")
+    assert browser.find_element(By.ID, "error").is_displayed() is False

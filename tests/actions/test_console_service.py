@@ -321,7 +321,7 @@ async def test_served_on_the_app_port_under_the_token_rules(tmp_path: Path) -> N
             assert "/console/app.js" in page.text
             script = await http.get("/console/app.js")
             assert script.status_code == 200
-            assert "WatchForUpdates" in script.text
+            assert "WatchRun" in script.text
             assert (await http.get("/console/style.css")).status_code == 200
             assert (await http.post("/")).status_code == 405
 

@@ -14,7 +14,7 @@ from actions_harness import wait_until
 from flyteidl2.common import phase_pb2 as P
 
 from actions import phases
-from actions.fanout import FanOut
+from actions.fanout import ROOTS, FanOut, RunKey
 from actions.objects import WatchKey
 from actions.store.base import WatchEvent
 from connect_proto._errors import Code, RpcError
@@ -429,3 +429,79 @@ async def test_an_update_is_sent_again_after_changes_nobody_watched() -> None:
             await source.put("x", P.ACTION_PHASE_RUNNING)  # as first offered, but news now
             got = await drain(sub, lambda out: len(out) == 1)
     assert [u.phase for u in got] == [P.ACTION_PHASE_RUNNING]
+
+
+# ---------------------------------------------------------------- run and roots keys
+
+
+async def events_of(sub: Any, until: Any, seconds: float = 5) -> list[tuple[str, str]]:
+    """(event type, action name) of what an event subscription is handed."""
+    out: list[tuple[str, str]] = []
+    with trio.fail_after(seconds):
+        while not until(out):
+            out.extend((e.type, e.object["spec"]["actionName"]) for e in await sub.next_batch())
+    return out
+
+
+async def test_a_run_key_gets_every_action_of_its_run_at_any_depth() -> None:
+    async with running() as (source, fanout):
+        with fanout.subscribe_events(RunKey("o", "p", "d", "r1")) as sub:
+            await source.put("a0", parent="")  # the root
+            await source.put("b1")
+            await source.put("c1", parent="b1")
+            await source.put("d1", parent="c1")
+            await source.put("x1", run="r2")  # another run
+            await source.put("y1", project="q")  # same run name, another project
+            await source.delete("c1")
+            got = await events_of(sub, lambda out: ("DELETED", "c1") in out)
+        assert [name for _, name in got] == ["a0", "b1", "c1", "d1", "c1"]
+        assert got[-1] == ("DELETED", "c1")
+        assert source.latest_calls == 0  # handed the event's object: nothing read back
+        assert fanout.event_subscriber_count() == 0 and fanout.registry_size() == 0
+
+
+async def test_the_roots_key_gets_only_roots_and_parent_keys_are_unchanged() -> None:
+    async with running() as (source, fanout):
+        with (
+            fanout.subscribe_events(ROOTS) as roots,
+            fanout.subscribe(KEY) as children,
+        ):
+            assert (fanout.subscriber_count(), fanout.event_subscriber_count()) == (1, 1)
+            await source.put("a0", parent="", run="r7")
+            await source.put("c1")
+            await source.put("a0", parent="", run="r8")
+            got = await events_of(roots, lambda out: len(out) >= 2)
+            assert got == [("ADDED", "a0"), ("ADDED", "a0")]
+            updates = await drain(children, lambda out: len(out) >= 1)
+            assert [u.action_id.name for u in updates] == ["c1"]
+
+
+async def test_an_event_subscription_falls_behind_and_is_resynced() -> None:
+    async with running(subscriber_buffer=2) as (source, fanout):
+        with fanout.subscribe_events(RunKey("o", "p", "d", "r1")) as sub:
+            for name in ("c1", "c2", "c3"):
+                await source.put(name)
+            await wait_until(lambda: fanout.metrics.subscriber_resyncs == 1)
+            with pytest.raises(RpcError) as info:
+                await sub.next_batch()
+            assert info.value.code == Code.UNAVAILABLE
+            assert "resync" in info.value.message
+        assert fanout.registry_size() == 0
+
+
+async def test_event_subscriptions_end_on_shutdown_and_source_restart() -> None:
+    async with running() as (source, fanout):
+        with fanout.subscribe_events(ROOTS) as sub:
+            source.fail.set()
+            with pytest.raises(RpcError):
+                with trio.fail_after(5):
+                    await sub.next_batch()
+        await wait_until(lambda: fanout.running)
+        with fanout.subscribe_events(RunKey("o", "p", "d", "r1")) as sub:
+            fanout.shutdown()
+            with pytest.raises(RpcError) as info:
+                await sub.next_batch()
+            assert "shutting down" in info.value.message
+        with pytest.raises(RpcError):
+            with fanout.subscribe_events(ROOTS):
+                pass

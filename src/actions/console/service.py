@@ -8,7 +8,15 @@ reads at most ``SCAN_BUDGET`` roots: a page may then hold fewer runs than asked 
 none) with a token to go on, as Google's AIP-158 allows. The page token is opaque to
 clients: the position in the creation order plus a digest of the filters it belongs to.
 
-GetRun lists one run's actions by its labels (cost: that run).
+GetRun lists one run's actions by its labels (cost: that run); GetAction reads one
+object by name (or, for an action deleted lately, its last state: ``RecentDeletions``).
+
+WatchRun and WatchRuns are the live forms, fed by the watch fan-out (``actions.fanout``)
+as WatchForUpdates is: subscribe first (the run's ``RunKey``, or ``ROOTS``), then read
+the snapshot, then send each buffered store event as a view. One event costs one
+object turned into a view, never a re-read; a stream that falls behind is ended with
+UNAVAILABLE by the fan-out and reconnects for a fresh snapshot. The app bounds how many
+are open at once (``MAX_WATCH_RUN_STREAMS``, ``MAX_WATCH_RUNS_STREAMS``).
 """
 
 from __future__ import annotations
@@ -16,16 +24,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
-from typing import Final
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, TypeVar
 
 import trio
 
 from actions import naming, objects, phases
 from actions._gen.actions.console.v1 import console_pb2 as cpb
-from actions.console.views import action_view, metadata_time, run_summary, tree_order
+from actions.console.recent import RecentDeletions
+from actions.console.views import action_view, metadata_time, run_id_of, run_summary, tree_order
+from actions.fanout import ROOTS, FanOut, RunKey
 from actions.service import _store_errors
-from actions.store.base import KubeObject, RootCursor, Store
+from actions.store.base import KubeObject, RootCursor, Store, WatchEvent
+from actions.store.errors import NotFound
 from connect_proto import Code, RequestContext, RpcError
 
 SERVICE_DESCRIPTOR: Final = cpb.DESCRIPTOR.services_by_name["ConsoleService"]
@@ -35,6 +47,58 @@ MAX_PAGE_SIZE: Final = 500
 # of work at most (docs/console.md), in slices of one page between checkpoints.
 SCAN_BUDGET: Final = 500
 _PHASE_NAMES: Final = frozenset(phases.name(p) for p in phases.KNOWN if p != phases.UNSPECIFIED)
+# Console streams open at once, per method (beyond: RESOURCE_EXHAUSTED). A browser tab
+# opens one of each; these leave room for hundreds of operators.
+MAX_WATCH_RUN_STREAMS: Final = 1_000
+MAX_WATCH_RUNS_STREAMS: Final = 1_000
+# Runs whose last summary a WatchRuns stream remembers, to not send the same one twice
+# (a root's status changes that the summary does not show).
+_SENT_RUNS_MEMORY: Final = 10_000
+
+M = TypeVar("M")
+Send = Callable[[M], Awaitable[None]]
+
+
+async def _send_all(send: Send[M], messages: Sequence[M]) -> None:
+    """In one body write when the server's send can (connect_proto's ``send.many``)."""
+    many = getattr(send, "many", None)
+    if many is not None:
+        await many(list(messages))
+        return
+    for message in messages:
+        await send(message)
+
+
+def _rv_int(rv: str) -> int:
+    try:
+        return int(rv or 0)
+    except ValueError:
+        return 0  # an opaque resourceVersion: no snapshot filter (duplicates, no loss)
+
+
+def _digest(message: cpb.ActionView | cpb.RunSummary) -> bytes:
+    return message.SerializeToString(deterministic=True)
+
+
+def _check_run(run: cpb.RunId) -> None:
+    missing = [f"run.{f}" for f in ("project", "domain", "name") if not getattr(run, f)]
+    if missing:
+        raise RpcError(Code.INVALID_ARGUMENT, f"{', '.join(missing)}: must be set")
+
+
+def _run_labels(run: cpb.RunId) -> dict[str, str]:
+    labels = {
+        naming.LABEL_PROJECT: naming.label_value(run.project),
+        naming.LABEL_DOMAIN: naming.label_value(run.domain),
+        naming.LABEL_RUN: naming.label_value(run.name),
+    }
+    if run.org:
+        labels[naming.LABEL_ORG] = naming.label_value(run.org)
+    return labels
+
+
+def _run_text(run: cpb.RunId) -> str:
+    return f"{run.org}/{run.project}/{run.domain}/{run.name}"
 
 
 def _filters_key(request: cpb.ListRunsRequest) -> str:
@@ -123,11 +187,26 @@ def _spec_matches(obj: KubeObject, request: cpb.ListRunsRequest) -> bool:
 
 
 class ConsoleService:
-    """The read API over the store ``current_store`` returns: the app's, which is None
-    outside its lifespan (then every call is UNAVAILABLE)."""
+    """The read API over the store ``current_store`` returns and the fan-out
+    ``current_fanout`` returns: the app's, which are None outside its lifespan (then
+    every call is UNAVAILABLE). ``recent`` must observe the fan-out's events."""
 
-    def __init__(self, current_store: Callable[[], Store | None]) -> None:
+    def __init__(
+        self,
+        current_store: Callable[[], Store | None],
+        current_fanout: Callable[[], FanOut | None] = lambda: None,
+        recent: RecentDeletions | None = None,
+    ) -> None:
         self._current_store = current_store
+        self._current_fanout = current_fanout
+        self.recent = recent if recent is not None else RecentDeletions()
+
+    @property
+    def fanout(self) -> FanOut:
+        fanout = self._current_fanout()
+        if fanout is None:
+            raise RpcError(Code.UNAVAILABLE, "service is starting or stopping")
+        return fanout
 
     @property
     def store(self) -> Store:
@@ -183,26 +262,109 @@ class ConsoleService:
 
     async def get_run(self, request: cpb.GetRunRequest, ctx: RequestContext) -> cpb.GetRunResponse:
         run = request.run
-        missing = [f"run.{f}" for f in ("project", "domain", "name") if not getattr(run, f)]
-        if missing:
-            raise RpcError(Code.INVALID_ARGUMENT, f"{', '.join(missing)}: must be set")
-        labels = {
-            naming.LABEL_PROJECT: naming.label_value(run.project),
-            naming.LABEL_DOMAIN: naming.label_value(run.domain),
-            naming.LABEL_RUN: naming.label_value(run.name),
-        }
-        if run.org:
-            labels[naming.LABEL_ORG] = naming.label_value(run.org)
+        _check_run(run)
+        views, _ = await self._run_views(run)
+        return cpb.GetRunResponse(run=run, actions=views)
+
+    async def _run_views(self, run: cpb.RunId) -> tuple[list[cpb.ActionView], int]:
+        """The run's actions in tree order, and the list's resourceVersion."""
         with _store_errors():
-            found, _ = await self.store.list(labels)
+            found, list_rv = await self.store.list(_run_labels(run))
         identity = (run.org, run.project, run.domain, run.name)
         views = [action_view(obj) for obj in found if _identity(obj) == identity]
         if not views:
-            raise RpcError(
-                Code.NOT_FOUND,
-                f"run {run.org}/{run.project}/{run.domain}/{run.name} not found",
+            raise RpcError(Code.NOT_FOUND, f"run {_run_text(run)} not found")
+        return tree_order(views), _rv_int(list_rv)
+
+    async def get_action(
+        self, request: cpb.GetActionRequest, ctx: RequestContext
+    ) -> cpb.GetActionResponse:
+        run = request.run
+        _check_run(run)
+        if not request.name:
+            raise RpcError(Code.INVALID_ARGUMENT, "name: must be set")
+        name = naming.object_name_for(run.org, run.project, run.domain, run.name, request.name)
+        identity = (run.org, run.project, run.domain, run.name)
+
+        def same(obj: KubeObject | None) -> bool:
+            # Object names are hashed: the spec is the exact identity.
+            return (
+                obj is not None
+                and _identity(obj) == identity
+                and (obj.get("spec") or {}).get("actionName") == request.name
             )
-        return cpb.GetRunResponse(run=run, actions=tree_order(views))
+
+        with _store_errors():
+            try:
+                obj: KubeObject | None = await self.store.get(name)
+            except NotFound:
+                obj = None
+        if obj is not None and same(obj):
+            return cpb.GetActionResponse(action=action_view(obj))
+        last = self.recent.get(name)
+        if last is not None and same(last):
+            return cpb.GetActionResponse(action=action_view(last), deleted=True)
+        raise RpcError(Code.NOT_FOUND, f"action {request.name!r} not found in run {_run_text(run)}")
+
+    async def watch_run(
+        self, request: cpb.WatchRunRequest, ctx: RequestContext, send: Send[cpb.WatchRunResponse]
+    ) -> None:
+        run = request.run
+        _check_run(run)
+        key = RunKey(run.org, run.project, run.domain, run.name)
+        # Subscribe first, then read: a change between the two is in the buffer, and one
+        # already in the snapshot is dropped by resourceVersion (min_rv).
+        with self.fanout.subscribe_events(key) as sub:
+            views, list_rv = await self._run_views(run)
+            sub.min_rv = list_rv
+            # name -> the view last sent: an event the view does not show (an executor's
+            # plugin state) is not sent again.
+            sent = {view.name: _digest(view) for view in views}
+            snapshot = [cpb.WatchRunResponse(action=view) for view in views]
+            snapshot.append(cpb.WatchRunResponse(snapshot_end=cpb.SnapshotEnd()))
+            await _send_all(send, snapshot)
+            while True:
+                changes = _run_changes(await sub.next_batch(), sent)
+                if changes:
+                    await _send_all(send, changes)
+
+    async def watch_runs(
+        self, request: cpb.WatchRunsRequest, ctx: RequestContext, send: Send[cpb.WatchRunsResponse]
+    ) -> None:
+        if request.page_size < 0:
+            raise RpcError(Code.INVALID_ARGUMENT, "page_size: must not be negative")
+        filters = cpb.ListRunsRequest(
+            org=request.org,
+            project=request.project,
+            domain=request.domain,
+            phases=request.phases,
+            page_size=request.page_size,
+        )
+        wanted = _phase_filter(list(request.phases))
+        labels = _label_filter(filters)
+        with self.fanout.subscribe_events(ROOTS) as sub:
+            # The snapshot is not filtered by resourceVersion (the roots' order has
+            # none): an event buffered meanwhile is sent after it unless it shows the
+            # same summary, which at worst restates a run.
+            page = await self.list_runs(filters, ctx)
+            sent: OrderedDict[str, bytes] = OrderedDict(
+                (_root_object_name(run), _digest(run)) for run in page.runs
+            )
+            snapshot = [cpb.WatchRunsResponse(run=run) for run in page.runs]
+            snapshot.append(
+                cpb.WatchRunsResponse(
+                    snapshot_end=cpb.SnapshotEnd(next_page_token=page.next_page_token)
+                )
+            )
+            await _send_all(send, snapshot)
+            while True:
+                changes = []
+                for event in await sub.next_batch():
+                    change = _runs_change(event, filters, labels, wanted, sent)
+                    if change is not None:
+                        changes.append(change)
+                if changes:
+                    await _send_all(send, changes)
 
 
 def _identity(obj: KubeObject) -> tuple[str, str, str, str]:
@@ -213,3 +375,55 @@ def _identity(obj: KubeObject) -> tuple[str, str, str, str]:
         str(spec.get("domain", "")),
         str(spec.get("runName", "")),
     )
+
+
+def _run_changes(events: list[WatchEvent], sent: dict[str, bytes]) -> list[cpb.WatchRunResponse]:
+    out = []
+    for event in events:
+        view = action_view(event.object)
+        if event.type == "DELETED":
+            sent.pop(view.name, None)
+            out.append(cpb.WatchRunResponse(deleted=view))
+            continue
+        digest = _digest(view)
+        if sent.get(view.name) == digest:
+            continue
+        sent[view.name] = digest
+        out.append(cpb.WatchRunResponse(action=view))
+    return out
+
+
+def _root_object_name(summary: cpb.RunSummary) -> str:
+    run = summary.run
+    return naming.object_name_for(run.org, run.project, run.domain, run.name, summary.root_action)
+
+
+def _labels_match(obj: KubeObject, labels: dict[str, str]) -> bool:
+    have = obj["metadata"].get("labels") or {}
+    return all(have.get(label) == value for label, value in labels.items())
+
+
+def _runs_change(
+    event: WatchEvent,
+    filters: cpb.ListRunsRequest,
+    labels: dict[str, str],
+    wanted: frozenset[str],
+    sent: OrderedDict[str, bytes],
+) -> cpb.WatchRunsResponse | None:
+    """What a WatchRuns stream sends for one root's event, or None."""
+    root = event.object
+    if not _labels_match(root, labels) or not _spec_matches(root, filters):
+        return None
+    name = str(root["metadata"]["name"])
+    if event.type == "DELETED" or (wanted and _phase_name(root) not in wanted):
+        sent.pop(name, None)
+        return cpb.WatchRunsResponse(removed=run_id_of(root))
+    summary = run_summary(root)
+    digest = _digest(summary)
+    if sent.get(name) == digest:
+        return None
+    sent[name] = digest
+    sent.move_to_end(name)
+    while len(sent) > _SENT_RUNS_MEMORY:
+        sent.popitem(last=False)
+    return cpb.WatchRunsResponse(run=summary)

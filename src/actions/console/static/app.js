@@ -1,22 +1,30 @@
 // The Actions console: plain JavaScript talking Connect JSON to the server that served it.
-// Unary calls (ListRuns, GetRun, Abort, Signal) are JSON POSTs; a run's live tree follows
-// WatchForUpdates as a Connect streaming call read through fetch()'s ReadableStream.
+// Unary calls (ListRuns, Abort, Signal) are JSON POSTs. Two server streams keep the page
+// live, each one Connect streaming call read through fetch()'s ReadableStream: WatchRuns
+// for the runs list, WatchRun for every action of the run shown (two of the six HTTP/1.1
+// connections a browser allows per origin).
 "use strict";
 
 const ACTIONS = "/flyteidl2.actions.ActionsService/";
 const CONSOLE = "/flyte_actions.console.v1.ConsoleService/";
 const TOKEN_KEY = "actions-console-token";
-const MAX_STREAMS = 4; // browsers allow 6 HTTP/1.1 connections per origin; keep 2 for calls
+const PAGE_SIZE = 50;
 const FILL_CALLS = 20; // ListRuns calls to fill one page of filtered runs
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "ABORTED", "TIMED_OUT", "RECOVERED"]);
+// Stream errors worth reconnecting after (the server restarting, a resync, a full server).
+const RETRY = new Set(["unavailable", "resource_exhausted", "internal", "unknown", "aborted"]);
+const MAX_BACKOFF_MS = 10000;
 
 const state = {
-  run: null,          // {org, project, domain, name} shown on the right
-  actions: new Map(), // name -> ActionView (JSON)
-  streams: new Map(), // parent action name -> AbortController
-  refresh: null,      // pending GetRun after a live update
-  drafts: new Map(),  // condition name -> the value typed so far
+  run: null,           // {org, project, domain, name} shown on the right
+  actions: new Map(),  // name -> ActionView (JSON), plus `gone` once deleted
+  nodes: new Map(),    // name -> {a, depth, node}: the tree's rendered nodes
+  runStream: null,     // AbortController of the shown run's WatchRun
+  runsStream: null,    // AbortController of the runs list's WatchRuns
+  runs: new Map(),     // run key -> RunSummary (JSON) in the runs table
+  drafts: new Map(),   // condition name -> the value typed so far
   nextPage: "",
+  pending: null,       // the timer of a coalesced render
 };
 
 const $ = (sel) => document.querySelector(sel);
@@ -155,43 +163,135 @@ function fmtDuration(ms) {
 
 const runKey = (r) => [r.org || "", r.project, r.domain, r.name].join("/");
 
+// ---------------------------------------------------------------- live streams
+
+// Follows a server stream until stopped: `open(signal)` runs one stream (it resolves when
+// the stream ends); after an error in RETRY, or a clean end, it is opened again with
+// backoff (`onRetry` says why first). `synced()` resets the backoff. Any other error ends
+// it (`onStop`).
+function keepOpen(open, { onRetry, onStop }) {
+  const controller = new AbortController();
+  let failures = 0;
+  const attempt = () => {
+    if (controller.signal.aborted) return;
+    open(controller.signal, () => { failures = 0; }).then(
+      () => new RpcError("unavailable", "stream ended"),
+      (e) => e,
+    ).then((e) => {
+      if (controller.signal.aborted) return;
+      const code = e.code || "unavailable";
+      if (!RETRY.has(code)) { onStop(e); return; }
+      failures += 1;
+      onRetry(e);
+      setTimeout(attempt, Math.min(MAX_BACKOFF_MS, 250 * 2 ** failures));
+    });
+  };
+  attempt();
+  return controller;
+}
+
+function setLive(how, text) {
+  const live = $("#live");
+  live.dataset.state = how;
+  live.textContent = text;
+}
+
 // ---------------------------------------------------------------- runs
 
-async function loadRuns(append) {
-  const request = { pageSize: 50 };
+function runFilters() {
+  const request = {};
   const project = $("#f-project").value.trim();
   const domain = $("#f-domain").value.trim();
   const phase = $("#f-phase").value;
   if (project) request.project = project;
   if (domain) request.domain = domain;
   if (phase) request.phases = [phase];
-  if (append && state.nextPage) request.pageToken = state.nextPage;
-  // A filtered page may come back short (each call's work is bounded): fill it up.
-  let runs = [];
-  let body = {};
-  for (let calls = 0; calls < FILL_CALLS; calls++) {
-    body = await unary(CONSOLE + "ListRuns", request);
-    runs = runs.concat(body.runs || []);
-    if (!body.nextPageToken || runs.length >= request.pageSize) break;
-    request.pageToken = body.nextPageToken;
+  return request;
+}
+
+// The runs list: WatchRuns's snapshot (the first page), then every run created or changed.
+function watchRuns() {
+  if (state.runsStream) state.runsStream.abort();
+  const filters = runFilters();
+  const table = $("#runs");
+  table.dataset.state = "connecting";
+  state.runsStream = keepOpen((signal, synced) => {
+    const snapshot = new Map();
+    let live = false;
+    return serverStream(CONSOLE + "WatchRuns", { ...filters, pageSize: PAGE_SIZE }, (m) => {
+      if (m.snapshotEnd) {
+        // A fresh snapshot replaces the list (after a reconnect too).
+        state.runs = snapshot;
+        state.nextPage = m.snapshotEnd.nextPageToken || "";
+        live = true;
+        synced();
+        table.dataset.state = "live";
+        renderRuns();
+        guard(fillRuns(filters, signal));
+      } else if (!live) {
+        if (m.run) snapshot.set(runKey(m.run.run), m.run);
+      } else if (m.run) {
+        addRun(m.run);
+      } else if (m.removed) {
+        if (state.runs.delete(runKey(m.removed))) renderRuns();
+      }
+    }, signal);
+  }, {
+    onRetry: () => { table.dataset.state = "reconnecting"; },
+    onStop: (e) => { table.dataset.state = "stopped"; showError(e.message); },
+  });
+}
+
+function addRun(run) {
+  const key = runKey(run.run);
+  if (!state.runs.has(key) && state.nextPage && state.runs.size) {
+    // Older than every run shown, with more pages to come: "More runs" will bring it.
+    const oldest = Math.min(...[...state.runs.values()].map((r) => Date.parse(r.createdAt)));
+    if (Date.parse(run.createdAt) < oldest) return;
   }
-  const tbody = $("#runs tbody");
-  if (!append) tbody.replaceChildren();
-  for (const run of runs) {
-    const started = run.startedAt || run.createdAt;
-    const ended = run.endedAt ? Date.parse(run.endedAt) : Date.now();
-    const row = el("tr", { "data-run": runKey(run.run) },
-      el("td", {}, el("div", {}, run.run.name),
-        el("div", { class: "muted" }, run.run.project + "/" + run.run.domain)),
-      el("td", {}, phaseBadge(run.phase)),
-      el("td", {}, fmtTime(run.createdAt)),
-      el("td", {}, started ? fmtDuration(ended - Date.parse(started)) : ""));
-    row.addEventListener("click", () => { location.hash = "run=" + encodeURIComponent(runKey(run.run)); });
-    tbody.append(row);
+  state.runs.set(key, run);
+  renderRuns();
+}
+
+// A filtered page may come back short (each call's work is bounded): fill it up.
+async function fillRuns(filters, signal) {
+  for (let calls = 0; calls < FILL_CALLS; calls++) {
+    if (!state.nextPage || state.runs.size >= PAGE_SIZE || signal.aborted) return;
+    await moreRuns(filters, signal);
+  }
+}
+
+async function moreRuns(filters, signal) {
+  const request = { ...filters, pageSize: PAGE_SIZE, pageToken: state.nextPage };
+  const body = await unary(CONSOLE + "ListRuns", request);
+  if (signal && signal.aborted) return;
+  for (const run of body.runs || []) {
+    const key = runKey(run.run);
+    if (!state.runs.has(key)) state.runs.set(key, run); // a live update may be newer
   }
   state.nextPage = body.nextPageToken || "";
+  renderRuns();
+}
+
+function renderRuns() {
+  const rows = [...state.runs.values()].sort((a, b) =>
+    (Date.parse(b.createdAt) - Date.parse(a.createdAt)) || (a.run.name < b.run.name ? 1 : -1));
+  $("#runs tbody").replaceChildren(...rows.map(runRow));
   $("#more").hidden = !state.nextPage;
   markSelected();
+}
+
+function runRow(run) {
+  const started = run.startedAt || run.createdAt;
+  const ended = run.endedAt ? Date.parse(run.endedAt) : Date.now();
+  const row = el("tr", { "data-run": runKey(run.run) },
+    el("td", {}, el("div", {}, run.run.name),
+      el("div", { class: "muted" }, run.run.project + "/" + run.run.domain)),
+    el("td", {}, phaseBadge(run.phase)),
+    el("td", {}, fmtTime(run.createdAt)),
+    el("td", {}, started ? fmtDuration(ended - Date.parse(started)) : ""));
+  row.addEventListener("click", () => { location.hash = "run=" + encodeURIComponent(runKey(run.run)); });
+  return row;
 }
 
 function markSelected() {
@@ -210,134 +310,129 @@ function runFromHash() {
   return { org, project, domain, name: rest.join("/") };
 }
 
-function stopStreams() {
-  for (const controller of state.streams.values()) controller.abort();
-  state.streams.clear();
-}
-
-async function showRun(run) {
-  stopStreams();
+function showRun(run) {
+  if (state.runStream) state.runStream.abort();
+  state.runStream = null;
   state.run = run;
   state.actions = new Map();
+  state.nodes = new Map();
   state.drafts = new Map();
+  $("#tree").replaceChildren();
+  $("#timeline").replaceChildren();
   markSelected();
   $("#run-empty").hidden = !!run;
   $("#run").hidden = !run;
   if (!run) return;
   $("#run-title").textContent = runKey(run);
-  await loadRun();
-}
-
-async function loadRun() {
-  const run = state.run;
-  if (!run) return;
-  let listed = [];
-  try {
-    listed = (await unary(CONSOLE + "GetRun", { run })).actions || [];
-  } catch (e) {
-    // The whole run was deleted (its root aborted) while we showed it: keep it, gone.
-    if (!(e.code === "not_found" && state.actions.size)) throw e;
-  }
-  if (state.run !== run) return; // another run was picked meanwhile
-  const fresh = new Map(listed.map((a) => [a.name, a]));
-  for (const [name, old] of state.actions) {
-    if (!fresh.has(name)) {
-      // Deleted (aborted, or its parent was): shown as such rather than vanishing.
-      const ended = old.endedAt || new Date().toISOString(); // about when it went
-      fresh.set(name, { ...old, gone: true, endedAt: ended,
-        phase: TERMINAL.has(old.phase) ? old.phase : "ABORTED" });
-    }
-  }
-  state.actions = fresh;
-  render();
-  followParents();
-}
-
-function scheduleRefresh() {
-  if (state.refresh) return;
-  state.refresh = setTimeout(() => {
-    state.refresh = null;
-    loadRun().catch((e) => showError(String(e.message || e)));
-  }, 300);
-}
-
-// Watch the root and, up to MAX_STREAMS in all, the other actions that have children.
-function followParents() {
-  const parents = [];
-  for (const a of state.actions.values()) {
-    if (!a.parent) parents.unshift(a.name);
-  }
-  for (const a of state.actions.values()) {
-    if (a.parent && !parents.includes(a.parent)) parents.push(a.parent);
-  }
-  for (const parent of parents.slice(0, MAX_STREAMS)) {
-    if (!state.streams.has(parent)) follow(state.run, parent, 0);
-  }
-  const shown = Math.min(parents.length, MAX_STREAMS);
-  $("#live").textContent = "live: following " + shown + " of " + parents.length +
-    " parent action" + (parents.length === 1 ? "" : "s");
-}
-
-function follow(run, parent, failures) {
-  const controller = new AbortController();
-  state.streams.set(parent, controller);
-  const request = { parentActionId: { run, name: parent } };
-  serverStream(ACTIONS + "WatchForUpdates", request, (message) => {
-    if (message.actionUpdate) onUpdate(message.actionUpdate);
-  }, controller.signal).then(() => {
-    return "ended";
-  }, (e) => {
-    if (controller.signal.aborted) return "stopped";
-    showError("watch " + parent + ": " + (e.message || e));
-    return "failed";
-  }).then((how) => {
-    if (how === "stopped" || state.streams.get(parent) !== controller) return;
-    state.streams.delete(parent);
-    if (failures < 5 && state.run === run) {
-      // The server closed it (restart, shutdown): follow again, backing off.
-      setTimeout(() => { if (state.run === run) follow(run, parent, failures + 1); },
-        500 * 2 ** failures);
-    }
+  setLive("connecting", "connecting…");
+  state.runStream = keepOpen((signal, synced) => {
+    const snapshot = new Map();
+    let live = false;
+    return serverStream(CONSOLE + "WatchRun", { run }, (m) => {
+      if (m.snapshotEnd) {
+        // Actions shown before (a reconnect) that the snapshot lacks were deleted meanwhile.
+        for (const [name, old] of state.actions) {
+          if (!snapshot.has(name)) snapshot.set(name, goneView(old));
+        }
+        state.actions = snapshot;
+        live = true;
+        synced();
+        setLive("live", "live: every action of this run");
+        render();
+      } else if (!live) {
+        if (m.action) snapshot.set(m.action.name, m.action);
+      } else if (m.action) {
+        state.actions.set(m.action.name, m.action);
+        scheduleRender();
+      } else if (m.deleted) {
+        state.actions.set(m.deleted.name, goneView(m.deleted));
+        scheduleRender();
+      }
+    }, signal);
+  }, {
+    onRetry: (e) => setLive("reconnecting", "reconnecting… (" + e.message + ")"),
+    onStop: (e) => {
+      if (e.code === "not_found" && state.actions.size) {
+        // The whole run was deleted (its root aborted) while shown: keep it, gone.
+        for (const [name, a] of state.actions) state.actions.set(name, goneView(a));
+        setLive("stopped", "the run was deleted");
+        render();
+        return;
+      }
+      setLive("stopped", "not live");
+      showError(e.message);
+    },
   });
 }
 
-function onUpdate(update) {
-  const name = update.actionId && update.actionId.name;
-  if (!name) return;
-  const phase = (update.phase || "ACTION_PHASE_UNSPECIFIED").replace("ACTION_PHASE_", "");
-  const known = state.actions.get(name);
-  if (known && known.phase === phase) return;
-  if (known) {
-    known.phase = phase; // at once; the times and history follow with the refresh
-    if (update.error && update.error.message) known.error = update.error;
-    render();
+// A deleted action (aborted, or under an aborted parent), shown as such rather than vanishing.
+function goneView(a) {
+  if (a.gone) return a;
+  return { ...a, gone: true, endedAt: a.endedAt || new Date().toISOString(),
+    phase: TERMINAL.has(a.phase) ? a.phase : "ABORTED" };
+}
+
+// Live changes come in bursts: one render for each burst.
+function scheduleRender() {
+  if (state.pending) return;
+  state.pending = setTimeout(() => { state.pending = null; render(); }, 30);
+}
+
+// Parents before their children, siblings by creation time; orphans follow as roots.
+function treeOrder() {
+  const children = new Map();
+  for (const a of state.actions.values()) {
+    const parent = a.parent && state.actions.has(a.parent) ? a.parent : "";
+    if (!children.has(parent)) children.set(parent, []);
+    children.get(parent).push(a);
   }
-  scheduleRefresh();
+  const created = (a) => Date.parse(a.createdAt) || 0;
+  for (const group of children.values()) {
+    group.sort((x, y) => (created(x) - created(y)) || (x.name < y.name ? -1 : 1));
+  }
+  const out = [];
+  const stack = (children.get("") || []).map((a) => [a, 0]).reverse();
+  const seen = new Set();
+  while (stack.length) {
+    const [a, depth] = stack.pop();
+    if (seen.has(a.name)) continue;
+    seen.add(a.name);
+    out.push([a, depth]);
+    for (const child of (children.get(a.name) || []).slice().reverse()) stack.push([child, depth + 1]);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- rendering
 
-function depthOf(a) {
-  let depth = 0;
-  for (let p = a.parent; p && state.actions.has(p) && depth < 50; p = state.actions.get(p).parent) {
-    depth += 1;
-  }
-  return depth;
-}
-
+// Only the actions that changed get new nodes, and nodes are moved only when the order
+// changed: a field being typed into keeps its focus while other actions change.
 function render() {
+  if (state.pending) { clearTimeout(state.pending); state.pending = null; }
   const tree = $("#tree");
-  tree.replaceChildren(...[...state.actions.values()].map(actionNode));
+  const nodes = new Map();
+  const wanted = [];
+  for (const [a, depth] of treeOrder()) {
+    let cached = state.nodes.get(a.name);
+    if (!cached || cached.a !== a || cached.depth !== depth) {
+      cached = { a, depth, node: actionNode(a, depth) };
+    }
+    nodes.set(a.name, cached);
+    wanted.push(cached.node);
+  }
+  let cursor = tree.firstChild;
+  for (const node of wanted) {
+    if (node === cursor) { cursor = cursor.nextSibling; continue; }
+    tree.insertBefore(node, cursor);
+  }
+  while (cursor) { const next = cursor.nextSibling; cursor.remove(); cursor = next; }
+  state.nodes = nodes;
   renderTimeline();
-  // The runs table shows the root's phase as listed; keep the shown run's row current.
-  const root = [...state.actions.values()].find((a) => !a.parent);
-  const row = document.querySelector("#runs tbody tr.selected .phase");
-  if (root && row && row.textContent !== root.phase) row.replaceWith(phaseBadge(root.phase));
 }
 
-function actionNode(a) {
+function actionNode(a, depth) {
   const node = el("div", { class: "action", "data-action": a.name });
-  node.style.marginLeft = depthOf(a) * 1.5 + "rem";
+  node.style.marginLeft = depth * 1.5 + "rem";
   const head = el("div", { class: "head" },
     el("span", { class: "name" }, a.name),
     phaseBadge(a.phase),
@@ -400,7 +495,7 @@ function conditionNode(a) {
 }
 
 function renderTimeline() {
-  const actions = [...state.actions.values()];
+  const actions = treeOrder().map(([a]) => a);
   const times = (a) => {
     const created = Date.parse(a.createdAt);
     const started = a.startedAt ? Date.parse(a.startedAt) : NaN;
@@ -460,8 +555,8 @@ function actionId(name) {
 async function doAbort(a) {
   showError("");
   try {
+    // The run's stream shows the outcome.
     await unary(ACTIONS + "Abort", { actionId: actionId(a.name), reason: "aborted from the console" });
-    scheduleRefresh();
   } catch (e) {
     showError("abort " + a.name + ": " + e.message);
   }
@@ -487,7 +582,6 @@ async function doSignal(a, type, text) {
     const value = { scalar: { primitive: literal(type, text) } };
     await unary(ACTIONS + "Signal",
       { actionId: actionId(a.name), parentActionName: a.parent, value });
-    scheduleRefresh();
   } catch (e) {
     showError("signal " + a.name + ": " + e.message);
   }
@@ -509,16 +603,26 @@ function start() {
     else sessionStorage.removeItem(TOKEN_KEY);
     showError("");
     // Nothing read with the previous token stays on the page.
-    $("#runs tbody").replaceChildren();
-    $("#more").hidden = true;
-    guard(loadRuns(false));
-    guard(showRun(runFromHash()));
+    state.runs = new Map();
+    renderRuns();
+    watchRuns();
+    showRun(runFromHash());
   });
-  $("#filters").addEventListener("submit", (ev) => { ev.preventDefault(); showError(""); guard(loadRuns(false)); });
-  $("#more").addEventListener("click", () => guard(loadRuns(true)));
-  window.addEventListener("hashchange", () => guard(showRun(runFromHash())));
-  guard(loadRuns(false));
-  guard(showRun(runFromHash()));
+  $("#filters").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    showError("");
+    state.runs = new Map();
+    renderRuns();
+    watchRuns();
+  });
+  $("#more").addEventListener("click", () => guard(moreRuns(runFilters(), null)));
+  window.addEventListener("hashchange", () => showRun(runFromHash()));
+  // While something runs, its bar and duration grow.
+  setInterval(() => {
+    if ([...state.actions.values()].some((a) => !TERMINAL.has(a.phase) && !a.gone)) renderTimeline();
+  }, 1000);
+  watchRuns();
+  showRun(runFromHash());
 }
 
 start();

@@ -150,3 +150,65 @@ class GetRunResponse(_message.Message):
     run: RunId
     actions: _containers.RepeatedCompositeFieldContainer[ActionView]
     def __init__(self, run: _Optional[_Union[RunId, _Mapping]] = ..., actions: _Optional[_Iterable[_Union[ActionView, _Mapping]]] = ...) -> None: ...
+
+class GetActionRequest(_message.Message):
+    __slots__ = ("run", "name")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    run: RunId
+    name: str
+    def __init__(self, run: _Optional[_Union[RunId, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
+
+class GetActionResponse(_message.Message):
+    __slots__ = ("action", "deleted")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    action: ActionView
+    deleted: bool
+    def __init__(self, action: _Optional[_Union[ActionView, _Mapping]] = ..., deleted: _Optional[bool] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: RunId
+    def __init__(self, run: _Optional[_Union[RunId, _Mapping]] = ...) -> None: ...
+
+class SnapshotEnd(_message.Message):
+    __slots__ = ("next_page_token",)
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    next_page_token: str
+    def __init__(self, next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchRunResponse(_message.Message):
+    __slots__ = ("action", "deleted", "snapshot_end")
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_END_FIELD_NUMBER: _ClassVar[int]
+    action: ActionView
+    deleted: ActionView
+    snapshot_end: SnapshotEnd
+    def __init__(self, action: _Optional[_Union[ActionView, _Mapping]] = ..., deleted: _Optional[_Union[ActionView, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ...) -> None: ...
+
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("org", "project", "domain", "phases", "page_size")
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    org: str
+    project: str
+    domain: str
+    phases: _containers.RepeatedScalarFieldContainer[str]
+    page_size: int
+    def __init__(self, org: _Optional[str] = ..., project: _Optional[str] = ..., domain: _Optional[str] = ..., phases: _Optional[_Iterable[str]] = ..., page_size: _Optional[int] = ...) -> None: ...
+
+class WatchRunsResponse(_message.Message):
+    __slots__ = ("run", "removed", "snapshot_end")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_END_FIELD_NUMBER: _ClassVar[int]
+    run: RunSummary
+    removed: RunId
+    snapshot_end: SnapshotEnd
+    def __init__(self, run: _Optional[_Union[RunSummary, _Mapping]] = ..., removed: _Optional[_Union[RunId, _Mapping]] = ..., snapshot_end: _Optional[_Union[SnapshotEnd, _Mapping]] = ...) -> None: ...
