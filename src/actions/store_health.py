@@ -22,7 +22,8 @@ instead of the store itself, so that:
   (``log_policy.mark_logged``), so that code that retries on it does not log it again;
 - a change stream that fails is re-raised at once: its consumer (the fan-out) owns the
   pause before the next attempt, so the stream is back within that pause once the
-  store works again, not after a second back-off added to it.
+  store works again, not after a second back-off added to it; one that opens is a read
+  that works, and clears "cannot read" at once.
 
 Answers that are the store working as designed (NotFound, Conflict, AlreadyExists,
 OwnerTerminating, Invalid, TooLarge, Gone) count as successes.
@@ -196,8 +197,9 @@ class ObservedStore:
         # No pause here before re-raising: the consumer's retry loop is the one place
         # that waits between attempts, so that a store that works again is followed
         # again within that loop's pause, not this one's added to it.
+        opened = _StartedThen(task_status, lambda: self._succeeded("read"))
         try:
-            await self.inner.run_events(send, since=since, task_status=task_status)
+            await self.inner.run_events(send, since=since, task_status=opened)
         except StoreUnavailable as exc:
             self._failed("read", exc)
             raise
@@ -213,6 +215,19 @@ class ObservedStore:
     async def aclose(self) -> None:
         self._closed = True
         await self.inner.aclose()
+
+
+class _StartedThen:
+    """``task_status``, and ``then()`` once the task has started: a change stream that
+    follows the store again is a read that works (readiness need not wait for another)."""
+
+    def __init__(self, task_status: trio.TaskStatus[None], then: Callable[[], None]) -> None:
+        self._task_status = task_status
+        self._then = then
+
+    def started(self, value: None = None) -> None:
+        self._task_status.started()
+        self._then()
 
 
 def _check_protocol(store: ObservedStore) -> Store:

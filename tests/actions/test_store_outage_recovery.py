@@ -102,6 +102,7 @@ async def test_watches_are_served_within_the_fanout_pause_of_the_store_working_a
         back = trio.current_time()
         with fanout.subscribe(KEY):
             pass  # watchers are answered again
+        assert store.ready() == (True, "ok")  # the stream's reopening was a read that worked
         nursery.cancel_scope.cancel()
 
     assert source.opens[-1] >= usable_at
