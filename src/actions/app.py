@@ -441,8 +441,10 @@ class ActionsApplication:
             return False
         ok, why = self.observed.ready()
         if why != self._store_why:
-            # Once per change: a probe every few seconds must not flood the log.
-            (log.info if ok else log.warning)("store readiness: %s", why)
+            # Once per change: a probe every few seconds must not flood the log. Not
+            # ready is DEBUG: whoever found the cause (the backend, or ObservedStore)
+            # has logged it already, naming it.
+            (log.info if ok else log.debug)("store readiness: %s", why)
             self._store_why = why
         return ok
 

@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from actions import naming, objects, phases, transitions
+from actions.log_policy import is_logged
 from actions.store.base import KubeObject, Store
 from actions.store.errors import Conflict, NotFound, StoreError
 
@@ -36,7 +37,9 @@ class ConditionTimer:
             try:
                 await self.tick()
             except StoreError as exc:
-                log.warning("condition timeouts: store failed: %s", exc)
+                # Logged already (by the store) when it is a store outage.
+                level = logging.DEBUG if is_logged(exc) else logging.WARNING
+                log.log(level, "condition timeouts: store failed: %s", exc)
             await trio.sleep(self._interval)
 
     async def tick(self, now: datetime | None = None) -> int:

@@ -19,8 +19,11 @@
 - An idle subscription is one small object: no task, no channel; its buffer and wake-up
   event are created when first needed.
 - A change stream that fails is reopened after a pause that doubles while it keeps
-  failing (``restart_delay`` up to ``max_restart_delay``); the first failure is one log
-  line naming the cause, repeats are counted, and the reopening says how many there were.
+  failing (``restart_delay`` up to ``max_restart_delay``). This loop is the only one
+  that waits (the store re-raises at once), so a store that works again is followed
+  again within ``max_restart_delay``. The first failure is one log line naming the
+  cause (DEBUG when the store has logged that cause itself), repeats are counted, and
+  the reopening says how many there were.
 - The console's streams subscribe the same way to a whole run (``RunKey``: every action
   whose spec names the run) or to every run's root (``ROOTS``); they are handed the
   store event itself (``subscribe_events``) and turn it into their own message when

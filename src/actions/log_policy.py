@@ -12,6 +12,10 @@ Two filters for the log handler ``actions-service serve`` installs:
 
 And ``Outage``, for the code that retries: it logs when a failure starts, at most once
 per ``every`` seconds while it goes on (with a count), and once when it is over.
+
+One cause, one line: the code that finds a failure's cause logs it and marks the
+exception it raises (``mark_logged``); code further up that sees the same exception
+(a change stream restarted on it, say) logs it at DEBUG only (``is_logged``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,21 @@ def exception_summary(exc: BaseException) -> str:
         return "; ".join(exception_summary(inner) for inner in exc.exceptions)
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+_LOGGED: Final = "_actions_cause_logged"
+
+
+def mark_logged(exc: BaseException) -> None:
+    """Say that ``exc``'s cause has been logged already, by the code that raises it."""
+    setattr(exc, _LOGGED, True)
+
+
+def is_logged(exc: BaseException) -> bool:
+    """Whether ``exc``'s cause was logged where it was found (a group: every leaf's)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(is_logged(inner) for inner in exc.exceptions)
+    return getattr(exc, _LOGGED, False) is True
 
 
 class TracebacksAtDebug(logging.Filter):
@@ -96,7 +115,10 @@ class Outage:
     The first failure is one line at ``level`` (the exception's traceback, when given,
     only at DEBUG); repeats are counted and summed up at most every ``every`` seconds
     (``... (still failing: N more in Ts)``); ``recovered()`` logs one INFO line saying how
-    many failures it ended, and nothing when there was no outage."""
+    many failures it ended, and nothing when there was no outage.
+
+    A failure whose exception says its cause was logged already (``is_logged``) is
+    logged at DEBUG only; if every failure of an outage was such, so is its end."""
 
     def __init__(
         self,
@@ -111,6 +133,7 @@ class Outage:
         self._every = every
         self._clock = clock
         self.failures = 0  # in the current outage; 0: none
+        self._announced = False  # a failure of this outage was logged at ``level``
         self._logged_at = 0.0
         self._unlogged = 0
 
@@ -123,8 +146,13 @@ class Outage:
         self.failures += 1
         debug = self._log.isEnabledFor(logging.DEBUG)
         exc_info = exc if (exc is not None and debug) else None
-        if self.failures == 1:
+        if exc is not None and is_logged(exc):
+            if debug:
+                self._log.debug("%s (cause logged already)", message, exc_info=exc_info)
+            return
+        if not self._announced:
             self._log.log(self._level, "%s", message, exc_info=exc_info)
+            self._announced = True
             self._logged_at, self._unlogged = now, 0
             return
         self._unlogged += 1
@@ -139,8 +167,10 @@ class Outage:
         """Log ``message`` with the count of failures, if there was an outage; True if so."""
         if not self.failures:
             return False
-        self._log.info("%s after %d failures", message, self.failures)
+        level = logging.INFO if self._announced else logging.DEBUG
+        self._log.log(level, "%s after %d failures", message, self.failures)
         self.failures = 0
+        self._announced = False
         return True
 
 
@@ -160,4 +190,12 @@ def install(handler: logging.Handler, *, window: float = DEFAULT_WINDOW) -> None
     handler.addFilter(TracebacksAtDebug(lambda: root.isEnabledFor(logging.DEBUG)))
 
 
-__all__ = ["Outage", "RepeatLimiter", "TracebacksAtDebug", "exception_summary", "install"]
+__all__ = [
+    "Outage",
+    "RepeatLimiter",
+    "TracebacksAtDebug",
+    "exception_summary",
+    "install",
+    "is_logged",
+    "mark_logged",
+]

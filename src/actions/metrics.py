@@ -19,6 +19,7 @@ Series::
     actions_watch_restarts_total                  store change stream reopened
     actions_kubernetes_relists_total              informer re-lists after 410 Gone
     actions_watch_subscribers                     open WatchForUpdates subscriptions
+    actions_console_streams                       open console streams (WatchRun, WatchRuns)
     actions_watch_shard_depth{shard}              events queued in each worker's channel
     actions_watch_delivery_lag_seconds            histogram: store event read -> stream
     actions_ready{check}                          1 when the readiness check passes
@@ -63,6 +64,8 @@ class FanOutView(Protocol):
     """What the collector reads from the running fan-out."""
 
     def subscriber_count(self) -> int: ...
+
+    def event_subscriber_count(self) -> int: ...
 
     def shard_depths(self) -> list[int]: ...
 
@@ -119,6 +122,11 @@ class ServiceCollector(Collector):
             "actions_watch_subscribers",
             "Open WatchForUpdates subscriptions.",
             value=fanout.subscriber_count() if fanout is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "actions_console_streams",
+            "Open console streams (WatchRun, WatchRuns).",
+            value=fanout.event_subscriber_count() if fanout is not None else 0,
         )
         depth = GaugeMetricFamily(
             "actions_watch_shard_depth", "Events queued in each watch worker.", labels=["shard"]

@@ -13,11 +13,17 @@ instead of the store itself, so that:
   same kind clears it at once;
 - the first failure is logged at ERROR in one line naming the store and the cause,
   repeats at most every ``log_every`` seconds with a count, and the recovery once;
+  a failure while the backend itself reports not ready (its CRD deleted, its API
+  server unreachable: the backend has logged that, naming it) is logged at DEBUG only;
 - a failure that is not a store error (an ``sqlite3.DatabaseError`` for a corrupt
   file, say) reaches the service as ``StoreUnavailable``, so callers get UNAVAILABLE
   with the cause instead of INTERNAL;
-- a change stream that fails again and again is restarted with growing pauses (up to
-  ``max_stream_pause``) instead of every second.
+- the exception a caller gets for such a failure is marked as logged
+  (``log_policy.mark_logged``), so that code that retries on it does not log it again;
+- a change stream that fails is re-raised at once: its consumer (the fan-out) owns the
+  pause before the next attempt, so the stream is back within that pause once the
+  store works again, not after a second back-off added to it; one that opens is a read
+  that works, and clears "cannot read" at once.
 
 Answers that are the store working as designed (NotFound, Conflict, AlreadyExists,
 OwnerTerminating, Invalid, TooLarge, Gone) count as successes.
@@ -29,10 +35,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import trio
 
+from actions.log_policy import mark_logged
 from actions.store.base import (
     KubeObject,
     PropagationPolicy,
@@ -47,8 +54,6 @@ log = logging.getLogger("actions.store_health")
 
 T = TypeVar("T")
 Kind = Literal["read", "write"]
-# A change stream that ran at least this long before failing counts as healthy again.
-STREAM_HEALTHY_SECONDS: Final = 30.0
 
 
 @dataclass
@@ -61,6 +66,7 @@ class _Failing:
     logged: float  # when it was last logged
     count: int = 0  # failures since then
     total: int = 1
+    loud: bool = True  # logged at ERROR (else the backend had reported the cause)
 
 
 class ObservedStore:
@@ -73,7 +79,6 @@ class ObservedStore:
         *,
         hold: float = 10.0,
         log_every: float = 60.0,
-        max_stream_pause: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.inner = inner
@@ -81,10 +86,8 @@ class ObservedStore:
         self.label = label
         self._hold = hold
         self._log_every = log_every
-        self._max_stream_pause = max_stream_pause
         self._clock = clock
         self._failing: dict[Kind, _Failing] = {}
-        self._stream_failures = 0
         self._closed = False
 
     # -- observation
@@ -92,26 +95,35 @@ class ObservedStore:
     def _succeeded(self, kind: Kind) -> None:
         failing = self._failing.pop(kind, None)
         if failing is not None:
-            log.info("%s: %ss work again (after %d failures)", self.label, kind,
-                     failing.total)  # fmt: skip
+            log.log(logging.INFO if failing.loud else logging.DEBUG,
+                    "%s: %ss work again (after %d failures)", self.label, kind,
+                    failing.total)  # fmt: skip
 
-    def _failed(self, kind: Kind, exc: BaseException) -> None:
+    def _failed(self, kind: Kind, exc: BaseException, raised: BaseException | None = None) -> None:
+        """Count and log the failure ``exc``, and mark the exception the caller gets
+        (``raised``, else ``exc``) as logged: callers that retry need not log it again."""
         if self._closed:
             return  # shutting down: the store is closed on purpose
+        mark_logged(exc if raised is None else raised)
         now = self._clock()
         message = str(exc) or type(exc).__name__
+        # The backend knows (and has logged, naming it) why it cannot serve: an echo
+        # of that here would be a second line for one cause.
+        loud = self.inner.ready()[0]
+        level = logging.ERROR if loud else logging.DEBUG
         failing = self._failing.get(kind)
-        if failing is None:
-            self._failing[kind] = _Failing(message, now, now, now)
-            log.error("%s cannot %s: %s", self.label, kind, message)
+        if failing is None or (loud and not failing.loud):
+            total = 1 if failing is None else failing.total + 1
+            self._failing[kind] = _Failing(message, now, now, now, total=total, loud=loud)
+            log.log(level, "%s cannot %s: %s", self.label, kind, message)
             return
         failing.last = now
         failing.message = message
         failing.count += 1
         failing.total += 1
         if now - failing.logged >= self._log_every:
-            log.error("%s still cannot %s (%d failures in %.0fs): %s", self.label, kind,
-                      failing.count, now - failing.logged, message)  # fmt: skip
+            log.log(level, "%s still cannot %s (%d failures in %.0fs): %s", self.label, kind,
+                    failing.count, now - failing.logged, message)  # fmt: skip
             failing.logged, failing.count = now, 0
 
     async def _observe(self, kind: Kind, call: Awaitable[T]) -> T:
@@ -124,8 +136,9 @@ class ObservedStore:
             self._succeeded(kind)  # the store answered: it works
             raise
         except Exception as exc:
-            self._failed(kind, exc)
-            raise StoreUnavailable(f"{self.label}: {exc}") from exc
+            error = StoreUnavailable(f"{self.label}: {exc}")
+            self._failed(kind, exc, error)
+            raise error from exc
         self._succeeded(kind)
         return result
 
@@ -181,36 +194,40 @@ class ObservedStore:
         since: str | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = self._clock()
+        # No pause here before re-raising: the consumer's retry loop is the one place
+        # that waits between attempts, so that a store that works again is followed
+        # again within that loop's pause, not this one's added to it.
+        opened = _StartedThen(task_status, lambda: self._succeeded("read"))
         try:
-            await self.inner.run_events(send, since=since, task_status=task_status)
+            await self.inner.run_events(send, since=since, task_status=opened)
         except StoreUnavailable as exc:
-            await self._stream_failed(exc, started)
+            self._failed("read", exc)
             raise
         except (Gone, Invalid):
             raise  # the caller re-lists
         except Exception as exc:  # NotFound here: the resource type itself is gone
-            await self._stream_failed(exc, started)
-            raise StoreUnavailable(
+            error = StoreUnavailable(
                 f"{self.label}: change stream failed: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    async def _stream_failed(self, exc: BaseException, started: float) -> None:
-        if self._closed:
-            return
-        self._failed("read", exc)
-        if self._clock() - started >= STREAM_HEALTHY_SECONDS:
-            self._stream_failures = 0
-        self._stream_failures += 1
-        # The caller restarts the stream at once; while the store stays broken, each
-        # restart waits longer (1, 2, 4 ... seconds), so a broken store is not hammered.
-        pause = min(self._max_stream_pause, 2.0 ** (self._stream_failures - 2))
-        if self._stream_failures > 1:
-            await trio.sleep(pause)
+            )
+            self._failed("read", exc, error)
+            raise error from exc
 
     async def aclose(self) -> None:
         self._closed = True
         await self.inner.aclose()
+
+
+class _StartedThen:
+    """``task_status``, and ``then()`` once the task has started: a change stream that
+    follows the store again is a read that works (readiness need not wait for another)."""
+
+    def __init__(self, task_status: trio.TaskStatus[None], then: Callable[[], None]) -> None:
+        self._task_status = task_status
+        self._then = then
+
+    def started(self, value: None = None) -> None:
+        self._task_status.started()
+        self._then()
 
 
 def _check_protocol(store: ObservedStore) -> Store:

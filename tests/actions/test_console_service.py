@@ -125,6 +125,9 @@ async def test_list_runs_filters(env: Env, clock: list[int]) -> None:
     )
     svc = console(env)
     assert await all_runs(svc, cpb.ListRunsRequest(project="alpha")) == ["a2", "a1"]
+    # The org is an annotation (the spec has none): it filters too.
+    assert await all_runs(svc, cpb.ListRunsRequest(org=ORG, project="alpha")) == ["a2", "a1"]
+    assert await all_runs(svc, cpb.ListRunsRequest(org="other-org")) == []
     assert await all_runs(svc, cpb.ListRunsRequest(project="beta", domain="production")) == ["b1"]
     assert await all_runs(svc, cpb.ListRunsRequest(phases=["running"])) == ["b2"]
     assert await all_runs(svc, cpb.ListRunsRequest(phases=["QUEUED"], project="beta")) == [

@@ -88,6 +88,7 @@ async def test_failures_logged_once_backed_off_resynced_and_recovery_logged(
                 await sub.next_batch()
         assert info.value.code == Code.UNAVAILABLE and "resync" in info.value.message
         await source.wait_opened(2)
+        await trio.testing.wait_all_tasks_blocked()  # the fan-out sees the open, too
         assert fanout.running
         # 0.1 s doubling, bounded at 5 s; each failure resynced the streams.
         assert pauses(source) == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]

@@ -75,6 +75,14 @@ def informer_lines(records: list[logging.LogRecord]) -> list[str]:
     ]
 
 
+def warnings_and_worse(records: list[logging.LogRecord]) -> list[str]:
+    return [
+        r.getMessage()
+        for r in records
+        if r.name.startswith("actions") and r.levelno >= logging.WARNING
+    ]
+
+
 async def test_crd_deleted_then_reinstalled(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     async with open_env("wire", backend="kubernetes") as env:
@@ -109,6 +117,9 @@ async def test_crd_deleted_then_reinstalled(caplog: pytest.LogCaptureFixture) ->
             lines = informer_lines(caplog.records)
             assert len(lines) == 1, lines
             assert CRD_NAME in lines[0] and emu.url in lines[0] and "404" in lines[0]
+            # ... and that is the one line the outage costs: the store wrapper, the
+            # fan-out, the condition timer and readiness do not echo it.
+            assert warnings_and_worse(caplog.records) == lines
             assert not any(r.exc_info for r in caplog.records if r.name.startswith("actions"))
 
             # Installed again: the informer re-lists, the service is ready and works.
@@ -131,10 +142,12 @@ async def test_crd_deleted_then_reinstalled(caplog: pytest.LogCaptureFixture) ->
             ]
             assert len(recovered) == 1 and CRD_NAME in recovered[0], recovered
             assert view.regressions == []
+            assert warnings_and_worse(caplog.records) == lines  # nothing more on recovery
             nursery.cancel_scope.cancel()
 
 
-async def test_trace_crd_deleted_then_reinstalled() -> None:
+async def test_trace_crd_deleted_then_reinstalled(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     trace_crd = "actiontraces.flyte.org"
     async with open_env("wire", backend="kubernetes") as env:
         emu, store = env.emulator, env.store
@@ -156,6 +169,8 @@ async def test_trace_crd_deleted_then_reinstalled() -> None:
             await env.client.enqueue(task_req(aid("c0"), parent="a0"))
             await wait_for(lambda: "c0" in view.state)
             nursery.cancel_scope.cancel()
+    lines = warnings_and_worse(caplog.records)
+    assert len(lines) == 1 and trace_crd in lines[0], lines  # the informer's
 
 
 async def test_opening_the_store_without_the_crd_fails_at_once_naming_it() -> None:

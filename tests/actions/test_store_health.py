@@ -15,7 +15,7 @@ from flyteidl2.actions import actions_service_pb2 as pb
 
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
-from actions.log_policy import RepeatLimiter, TracebacksAtDebug
+from actions.log_policy import RepeatLimiter, TracebacksAtDebug, is_logged
 from actions.store.base import Store
 from actions.store.errors import NotFound, StoreUnavailable
 from actions.store_health import ObservedStore
@@ -123,8 +123,8 @@ async def test_corruption_is_unavailable_and_answers_are_successes() -> None:
     await store.aclose()
 
 
-async def test_a_failing_change_stream_is_restarted_with_growing_pauses(
-    autojump_clock: trio.abc.Clock,
+async def test_a_failing_change_stream_fails_at_once_and_unreadies_the_store(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     class FailingStream:
         namespace = "flyte"
@@ -135,15 +135,19 @@ async def test_a_failing_change_stream_is_restarted_with_growing_pauses(
         async def run_events(self, send: Any, **kwargs: Any) -> None:
             raise sqlite3.DatabaseError("database disk image is malformed")
 
-    store = ObservedStore(FailingStream(), "s", max_stream_pause=8)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, "actions.store_health")
+    store = ObservedStore(FailingStream(), "s", clock=trio.current_time)  # type: ignore[arg-type]
     send, _ = trio.open_memory_channel[Any](1)
-    pauses = []
     for _ in range(6):
         before = trio.current_time()
-        with pytest.raises(StoreUnavailable, match="change stream failed: DatabaseError"):
+        with pytest.raises(StoreUnavailable, match="change stream failed: DatabaseError") as info:
             await store.run_events(send)
-        pauses.append(trio.current_time() - before)
-    assert pauses == [0, 1, 2, 4, 8, 8]
+        # No pause: the caller (the fan-out) owns the back-off between attempts.
+        assert trio.current_time() == before
+        assert is_logged(info.value)  # so the caller logs its restart at DEBUG only
+    assert store.ready() == (False, "store cannot read: database disk image is malformed")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == ["s cannot read: database disk image is malformed"]
 
 
 async def test_readyz_reports_a_store_that_cannot_write() -> None:

@@ -174,14 +174,15 @@ def _phase_name(obj: KubeObject) -> str:
 
 
 def _spec_matches(obj: KubeObject, request: cpb.ListRunsRequest) -> bool:
-    """Labels may be hashed; the spec is exact."""
+    """Labels may be hashed; the spec (and the org's annotation: the spec has no org)
+    is exact."""
     spec = obj.get("spec") or {}
     return all(
-        not wanted or spec.get(key) == wanted
-        for key, wanted in (
-            ("org", request.org),
-            ("project", request.project),
-            ("domain", request.domain),
+        not wanted or have == wanted
+        for have, wanted in (
+            (objects.org_of(obj), request.org),
+            (spec.get("project"), request.project),
+            (spec.get("domain"), request.domain),
         )
     )
 

@@ -17,7 +17,9 @@ CustomResourceDefinition was deleted (or never installed). The informer then say
 (``resource_missing``, ``last_error``; logged once, then summed up now and then), ends
 the sinks' streams with StoreUnavailable (their consumers must start over: what they
 hold may be gone), and keeps retrying with backoff; once the resource is served again
-it re-lists, reporting the differences as after a 410.
+it re-lists, reporting the differences as after a 410. Any other failure (the API server
+out of reach) is logged the same way: once when it starts, summed up now and then, and
+once when the server answers a list again.
 """
 
 from __future__ import annotations
@@ -147,6 +149,9 @@ class Informer:
         # The API server answers 404 for the resource: its CRD is not installed.
         self.resource_missing = False
         self._missing = Outage(log)
+        # Any other failure of the list or watch (the API server unreachable, say): one
+        # line when it starts, a count now and then, one when the server answers again.
+        self._failing = Outage(log, level=logging.WARNING)
         self._thread = threading.Thread(
             target=self._run, name=f"{plural}-informer-{namespace}", daemon=True
         )
@@ -247,8 +252,10 @@ class Informer:
                 if self._position is None:
                     self._position = self._relist()
                     backoff.reset()
+                    self._answered()
                 elif not self.api_reachable:
                     self._probe()  # resume from the last rv, but say "reachable" at once
+                    self._answered()
                 self._follow()
                 self.api_reachable = True  # the request ended cleanly (server timeout)
                 backoff.reset()
@@ -264,7 +271,7 @@ class Informer:
                     self._stop.wait(min(backoff.next_delay(), _MISSING_RETRY_MAX))
                     continue
                 if isinstance(error, Gone):
-                    log.info("watch of %s expired; re-listing", self._namespace)
+                    log.info("%s expired; re-listing", self._watch_label())
                     self.synced = False
                     self._position = None
                     continue
@@ -273,13 +280,20 @@ class Informer:
                     # proxy cut it, say): not a sign the server is gone. Resume at once;
                     # if that fails too, the server is reported unreachable.
                     self._progressed = False
-                    log.info("watch of %s dropped (%s); resuming", self._namespace, error)
+                    log.info("%s dropped (%s); resuming", self._watch_label(), error)
                     continue
                 self.last_error = str(error or exc)
                 if isinstance(error, StoreUnavailable):
                     self.api_reachable = False
-                log.warning("watch of %s failed: %s", self._namespace, self.last_error)
+                self._failing.failed(f"{self._watch_label()} failed: {self.last_error}")
                 self._stop.wait(backoff.next_delay())
+
+    def _watch_label(self) -> str:
+        return f"watch of {self.resource} in namespace {self._namespace} on {self.server}"
+
+    def _answered(self) -> None:
+        """The API server answered a list: an outage of it (if any) is over."""
+        self._failing.recovered(f"{self._watch_label()} works again")
 
     def _resource_gone(self, error: StoreError) -> None:
         """The list or watch answered 404: the resource is not served (any more)."""
