@@ -129,13 +129,13 @@ async def _follow_once(
             now = clock()
             was_synced = state.synced
             changed = state.apply(response, now)
+            if state.synced and state.parent_missing():
+                return  # nothing to show: the caller reports the missing parent
             if details is not None and changed and state.synced:
                 await _add_details(details, state, response, was_synced)
             sink.show(response, state, changed=changed, was_synced=was_synced, now=now)
             if not state.synced:
                 continue
-            if state.parent_missing():
-                return
             if changed and probe_parent is not None and _children_aborted(response, state):
                 if not await probe_parent():
                     state.parent_gone = True

@@ -599,6 +599,8 @@ async def test_watch_table_when_not_a_terminal() -> None:
             "error: not_found: ",
         ),
         (["enqueue", *RUN, "--action", "x"], 2, "error: invalid_argument: missing --input-uri"),
+        # No table, no "waiting for children" first: only the error.
+        (["watch", "zz", *RUN], 15, "error: not_found: "),
     ],
 )
 async def test_errors_print_code_and_exit_per_code(
