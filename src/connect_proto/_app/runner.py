@@ -399,8 +399,8 @@ class CallRunner:
         self._write_scope = scope
         self.messages_sent = 1
         try:
-            # The turn for the connection's other tasks (see ``_run``).
-            await trio.lowlevel.checkpoint()
+            # No scheduler turn first: frames that came with the request (a PING) were
+            # read before the handler ran (the server hands them over without yielding).
             if not self.body.disconnected:
                 await await_watching(self._emit_final_events(events), self._final_watch())
         finally:
