@@ -448,6 +448,13 @@ class EmbeddedStore:
         recent = self._recent
         if recent and recent[0][0] <= cursor + 1:
             start = cursor + 1 - recent[0][0]
+            newer = len(recent) - start
+            if newer <= _BATCH:
+                # From the right end: a follower is usually a few changes behind, and
+                # walking the deque from the left would cost its whole length each time.
+                tail = list(islice(reversed(recent), newer))
+                tail.reverse()
+                return tail
             return list(islice(recent, start, start + _BATCH))
         last = self._index.rv
         _, rows = await self._reader.run(partial(_read_log, after=cursor))
