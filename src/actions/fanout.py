@@ -458,10 +458,15 @@ class FanOut:
             else:
                 last_sent[name] = response
         rv = objects.resource_version(obj)
-        action = obj["spec"]["actionName"]
+        self._offer_to(subs, obj["spec"]["actionName"], rv, response, read_at)
+
+    def _offer_to(
+        self, subs: dict[Subscription[Any], None], key: str, rv: int, item: object, read_at: float
+    ) -> None:
+        """Offer ``item`` to each subscription; one that is full is resynced."""
         metrics = self.metrics
         for sub in list(subs):
-            offered = sub.offer(action, rv, response, read_at)
+            offered = sub.offer(key, rv, item, read_at)
             if offered is Offered.FULL:
                 self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
             elif offered is Offered.ADDED:
@@ -482,14 +487,5 @@ class FanOut:
 
     def _offer_event(self, event: WatchEvent, read_at: float) -> None:
         rv = objects.resource_version(event.object)
-        name = event.name
-        metrics = self.metrics
         for subs in self._event_subs_of(event.object):
-            for sub in list(subs):
-                offered = sub.offer(name, rv, event, read_at)
-                if offered is Offered.FULL:
-                    self._resync(sub, f"stream fell more than {sub.capacity} actions behind")
-                elif offered is Offered.ADDED:
-                    metrics.updates_delivered += 1
-                else:
-                    metrics.updates_merged += 1
+            self._offer_to(subs, event.name, rv, event, read_at)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+from cli_driver import Capture, run
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from flyteidl2.workflow.state_service_pb2 import ActionUpdate
@@ -437,33 +438,6 @@ async def actions_server(
         finally:
             application.begin_shutdown()  # end watch streams so shutdown is quick
             nursery.cancel_scope.cancel()
-
-
-class Capture(io.StringIO):
-    """stdout for an in-process command; ``seen(text)`` waits until it was written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._written = trio.Event()
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        self._written.set()
-        self._written = trio.Event()
-        return written
-
-    async def seen(self, needle: str) -> None:
-        with trio.fail_after(10):
-            while needle not in self.getvalue():
-                await self._written.wait()
-
-
-async def run(url: str, *argv: str, out: io.StringIO | None = None) -> tuple[int, str, str]:
-    args = cli.parse_args([*argv, "--url", url])
-    out = out if out is not None else io.StringIO()
-    err = io.StringIO()
-    code = await cli.run_client_command_async(args, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _phases(lines: list[dict[str, Any]]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from actions_harness import (
     ORG,
     PROJECT,
     Env,
+    WriteDuringList,
     aid,
     condition_req,
     open_env,
@@ -29,7 +30,6 @@ from flyteidl2.common import phase_pb2
 from flyteidl2.core import types_pb2
 
 import actions.app
-from actions import naming
 from actions._gen.actions.console.v1 import console_pb2 as cpb
 from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
@@ -216,23 +216,6 @@ async def test_watch_run_change_between_subscribe_and_snapshot_is_not_missed(
 ) -> None:
     """A write landing after the snapshot was listed (but before it is sent) still
     reaches the stream: it subscribed before listing."""
-
-    class WriteDuringList:
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-            self.armed = False
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
-
-        async def list(self, labels: dict[str, str]) -> Any:
-            result = await self._inner.list(labels)
-            if self.armed:
-                self.armed = False
-                obj = await self._inner.get(naming.object_name(aid("c1")))
-                obj["status"]["conditions"][0]["reason"] = "Executing"
-                await self._inner.update_status(obj)
-            return result
 
     holder: dict[str, WriteDuringList] = {}
 

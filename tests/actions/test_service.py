@@ -25,6 +25,7 @@ from actions_harness import (
     PROJECT,
     Env,
     StreamEnded,
+    WriteDuringList,
     aid,
     assert_no_leaked_threads,
     bool_literal,
@@ -1014,23 +1015,6 @@ async def test_watch_client_leaving_releases_subscription(env: Env) -> None:
 async def test_watch_change_between_subscribe_and_snapshot_is_not_missed(backend: str) -> None:
     """docs/contract.md, WatchForUpdates 2: a write landing after the snapshot list was
     read (but before it is sent) still reaches the stream."""
-
-    class WriteDuringList:
-        def __init__(self, inner: Any) -> None:
-            self._inner = inner
-            self.armed = False
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._inner, name)
-
-        async def list(self, labels: dict[str, str]) -> Any:
-            result = await self._inner.list(labels)
-            if self.armed:
-                self.armed = False
-                obj = await self._inner.get(naming.object_name(aid("c1")))
-                obj["status"]["conditions"][0]["reason"] = "Executing"
-                await self._inner.update_status(obj)
-            return result
 
     holder: dict[str, WriteDuringList] = {}
 

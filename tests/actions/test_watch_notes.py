@@ -4,13 +4,13 @@ and phase; a failure of that leaves the phase's plain note and the watch goes on
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
+from cli_driver import Capture, run
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from flyteidl2.workflow.state_service_pb2 import ActionUpdate
@@ -163,31 +163,6 @@ async def actions_server(tokens: Path | None = None) -> AsyncIterator[tuple[str,
         finally:
             application.begin_shutdown()
             nursery.cancel_scope.cancel()
-
-
-class Capture(io.StringIO):
-    def __init__(self) -> None:
-        super().__init__()
-        self._written = trio.Event()
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        self._written.set()
-        self._written = trio.Event()
-        return written
-
-    async def seen(self, needle: str) -> None:
-        with trio.fail_after(10):
-            while needle not in self.getvalue():
-                await self._written.wait()
-
-
-async def run(url: str, *argv: str, out: io.StringIO | None = None) -> tuple[int, str, str]:
-    args = cli.parse_args([*argv, "--url", url])
-    out = out if out is not None else io.StringIO()
-    err = io.StringIO()
-    code = await cli.run_client_command_async(args, out, err)
-    return code, out.getvalue(), err.getvalue()
 
 
 async def ok(url: str, *argv: str) -> None:

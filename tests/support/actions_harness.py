@@ -621,3 +621,26 @@ def assert_no_leaked_threads(before: set[Any], grace: float = 5) -> None:
     while (leaked := new_threads(before)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+class WriteDuringList:
+    """A store whose next ``list``, once ``armed``, changes action ``c1`` of run r1 right
+    after reading: a write that lands between a snapshot's read and its sending."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.armed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def list(self, labels: dict[str, str]) -> Any:
+        from actions import naming
+
+        result = await self._inner.list(labels)
+        if self.armed:
+            self.armed = False
+            obj = await self._inner.get(naming.object_name(aid("c1")))
+            obj["status"]["conditions"][0]["reason"] = "Executing"
+            await self._inner.update_status(obj)
+        return result
