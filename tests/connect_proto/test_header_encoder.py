@@ -44,6 +44,24 @@ def test_sensitive_headers_stay_never_indexed_even_when_static() -> None:
     assert all(not h.indexable for h in decoded)
 
 
+def test_sensitive_and_long_values_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(header_encoder, "_plain", {})
+    monkeypatch.setattr(header_encoder, "_seen_once", {})
+    encoder, decoder = StatelessHeaderEncoder(), hpack.Decoder()
+    long_value = b"x" * (header_encoder.MAX_CACHED_VALUE + 1)
+    headers = [
+        hpack.NeverIndexedHeaderTuple(b"authorization", b"Bearer secret"),
+        (b"grpc-message", long_value),
+    ]
+    for _ in range(3):
+        assert [tuple(h) for h in decoder.decode(encoder.encode(headers), raw=True)] == [
+            (b"authorization", b"Bearer secret"),
+            (b"grpc-message", long_value),
+        ]
+    remembered = {*header_encoder._plain, *header_encoder._seen_once}
+    assert not any(b"secret" in v or v == long_value for _, v in remembered)
+
+
 def test_str_headers_are_sent_as_utf8() -> None:
     block = StatelessHeaderEncoder().encode([("x-name", "café")])
     assert hpack.Decoder().decode(block, raw=True) == [(b"x-name", "café".encode())]
@@ -57,6 +75,18 @@ def test_a_table_size_the_peer_changed_is_acknowledged_first() -> None:
     decoder.max_allowed_table_size = 0
     assert decoder.decode(block, raw=True) == RESPONSE
     assert encoder.encode(RESPONSE)[0] != 0x20  # only once
+
+
+def test_a_repeated_table_size_setting_still_gets_its_update() -> None:
+    """h2 sets the size for every SETTINGS frame that carries it; the second, equal one
+    resets hpack's ``resized`` flag while the update is still owed."""
+    encoder, decoder = StatelessHeaderEncoder(), hpack.Decoder()
+    encoder.header_table_size = 0
+    encoder.header_table_size = 0
+    block = encoder.encode(RESPONSE)
+    assert block[0] == 0x20
+    decoder.max_allowed_table_size = 0
+    assert decoder.decode(block, raw=True) == RESPONSE
 
 
 def test_a_header_is_huffman_coded_and_cached_once_it_recurs() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 
 MAX_REQUEST_ID_LENGTH = 128
@@ -15,25 +14,29 @@ def valid_request_id(value: str) -> bool:
     return 0 < len(value) <= MAX_REQUEST_ID_LENGTH and _ALLOWED.issuperset(value)
 
 
-# 64 random bits per process, then a counter: unique without a system call per request.
-_PROCESS_PART = ""
-_counter = itertools.count()
+# Random bytes drawn 4 KiB at a time: 256 ids per system call instead of one each.
+# Ids are made on the event loop's thread only, so the pool needs no lock.
+_POOL_BYTES = 4096
+_pool = b""
+_taken = 0
 
 
 def _new_process() -> None:
-    global _PROCESS_PART, _counter
-    _PROCESS_PART = os.urandom(8).hex()
-    _counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+    global _pool, _taken
+    _pool, _taken = b"", 0  # a forked child must not repeat its parent's ids
 
 
-_new_process()
-os.register_at_fork(after_in_child=_new_process)  # a forked worker is another process
+os.register_at_fork(after_in_child=_new_process)
 
 
 def new_request_id() -> str:
-    """32 hex digits (the shape of a W3C trace id): the process's random half, then a
-    counter, so ids never repeat within a process and hardly across processes."""
-    return f"{_PROCESS_PART}{next(_counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+    """128 random bits as 32 hex digits (the shape of a W3C trace id): unguessable, so a
+    caller cannot predict (and reuse) another caller's id."""
+    global _pool, _taken
+    if _taken + 16 > len(_pool):
+        _pool, _taken = os.urandom(_POOL_BYTES), 0
+    start, _taken = _taken, _taken + 16
+    return _pool[start:_taken].hex()
 
 
 def request_id_from(value: str | None) -> str:

@@ -399,8 +399,9 @@ class CallRunner:
         self._write_scope = scope
         self.messages_sent = 1
         try:
-            # No scheduler turn first: frames that came with the request (a PING) were
-            # read before the handler ran (the server hands them over without yielding).
+            # No scheduler turn first: the server hands a read's frames to h2 without
+            # yielding per event (4 KiB at a time), so what came with the request (a
+            # PING) was usually read already; if not, it is answered right after.
             if not self.body.disconnected:
                 await await_watching(self._emit_final_events(events), self._final_watch())
         finally:

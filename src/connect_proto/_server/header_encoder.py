@@ -14,8 +14,9 @@ names the header by its static-table index when it has one. So the dynamic table
 empty in both peers, and a header's encoding can be computed once and reused by every
 connection. Huffman coding (pure Python here) is only worth it for what recurs: a
 header seen for the first time is sent as plain octets, and from its second sighting
-on in its cached, Huffman-coded form. The cost is a few bytes per header that the
-dynamic table would have saved; the peer's decoder needs nothing special.
+on in its cached, Huffman-coded form. Sensitive headers (credentials) and long values
+are never cached. The cost is a few bytes per header that the dynamic table would have
+saved; the peer's decoder needs nothing special.
 
 The one piece of connection state an encoder must still honour is a change of the
 table size the peer allows (SETTINGS_HEADER_TABLE_SIZE): RFC 7541, section 4.2
@@ -37,8 +38,10 @@ _WITHOUT_INDEXING: Final = 0x00
 _NEVER_INDEXED: Final = 0x10
 
 # Distinct headers remembered, as encoded and as seen once: past the bound a table is
-# emptied and refilled with what recurs.
+# emptied and refilled with what recurs. Values longer than MAX_CACHED_VALUE bytes are
+# never remembered, so the tables stay within a few MiB.
 CACHE_LIMIT: Final = 4096
+MAX_CACHED_VALUE: Final = 128
 
 _STATIC: Final = HeaderTable.STATIC_TABLE_MAPPING
 _HUFFMAN: Final = hpack.Encoder().huffman_coder
@@ -73,30 +76,34 @@ def encode_header(name: bytes, value: bytes, never_indexed: bool, huffman: bool 
 
 Key = tuple[bytes, bytes]
 _plain: dict[Key, bytes] = {}  # recurring headers, encoded
-_sensitive: dict[Key, bytes] = {}  # the same for never-indexed ones
-_seen_once: dict[Key, bool] = {}  # the rest, seen once; the value: never indexed
+_seen_once: dict[Key, None] = {}  # the rest, seen once
 
 
-def _uncached(cache: dict[Key, bytes], key: Key, never: bool) -> bytes:
+def _uncached(cache: dict[Key, bytes], key: Key) -> bytes:
     """A header not in ``cache``: plain octets the first time, cached from the second."""
-    if _seen_once.pop(key, None) is never:
+    if key in _seen_once:
+        del _seen_once[key]
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
-        encoded = cache[key] = encode_header(key[0], key[1], never)
+        encoded = cache[key] = encode_header(key[0], key[1], False)
         return encoded
     if len(_seen_once) >= CACHE_LIMIT:
         _seen_once.clear()
-    _seen_once[key] = never
-    return encode_header(key[0], key[1], never, huffman=False)
+    _seen_once[key] = None
+    return encode_header(key[0], key[1], False, huffman=False)
 
 
 class StatelessHeaderEncoder(hpack.Encoder):
-    """``hpack.Encoder`` that never indexes, so every header's bytes come from a cache."""
+    """``hpack.Encoder`` that never indexes, so every header's bytes come from a cache.
+
+    ``huffman`` is ignored: Huffman coding is chosen per header (see the module)."""
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         block: list[bytes] = []
-        if self.header_table.resized:
-            # The peer changed the table size it allows: acknowledge it first.
+        if self.table_size_changes:
+            # The peer changed the table size it allows: acknowledge it first. (Not
+            # ``resized``: a repeated SETTINGS of the same size resets that flag while
+            # the change is still owed.)
             block.append(self._encode_table_size_change())
             self.header_table.resized = False
         plain = _plain
@@ -111,11 +118,15 @@ class StatelessHeaderEncoder(hpack.Encoder):
                 if isinstance(header, hpack.HeaderTuple)
                 else len(header) > 2 and bool(header[2])
             )
-            cache = _sensitive if never else plain
+            if never or len(value) > MAX_CACHED_VALUE:
+                # Credentials stay out of process-wide memory; long values (an error
+                # message) are rarely repeated and would make the cache large.
+                block.append(encode_header(name, value, never, huffman=False))
+                continue
             key = (name, value)
-            encoded = cache.get(key)
-            block.append(encoded if encoded is not None else _uncached(cache, key, never))
+            encoded = plain.get(key)
+            block.append(encoded if encoded is not None else _uncached(plain, key))
         return b"".join(block)
 
 
-__all__ = ["CACHE_LIMIT", "StatelessHeaderEncoder", "encode_header"]
+__all__ = ["CACHE_LIMIT", "MAX_CACHED_VALUE", "StatelessHeaderEncoder", "encode_header"]

@@ -44,7 +44,10 @@ HTTP/2 (``RpcH2Protocol``)
     until that task has run (two trips through the scheduler per call). When nothing of
     the stream is queued and the peer's window takes the data, they are written to h2
     at once (``_send_directly``); the send task is left with what flow control holds
-    back, so order and backpressure are as before.
+    back, so order and backpressure are as before. Fairness between streams with open
+    windows then comes from trio's round-robin of the tasks writing them (and the
+    coalescer's backpressure), not from ``FairScheduler``, which still orders what
+    waits for window.
 
 HTTP/1.1 (``RpcH11Protocol``, issue 7)
   - Once the connection is closed its reader stops; hypercorn's reader could wait for

@@ -87,8 +87,12 @@ class KeepAliveTimer:
         self._generation += 1
         mine = self._generation
         self._cancel()
-        assert task_group._nursery is not None
-        handle: trio.CancelScope = await task_group._nursery.start(_cancellable, action)
+        nursery = task_group._nursery
+        assert nursery is not None
+        # Shielded (starting is immediate): a caller already cancelled must not leave the
+        # connection with its old timer cancelled and no new one.
+        with trio.CancelScope(shield=True):
+            handle: trio.CancelScope = await nursery.start(_cancellable, action)
         if mine == self._generation:
             self._handle = handle
         else:
