@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from actions_harness import (
     bool_literal,
     condition_req,
     open_env,
+    serve_with_tokens,
     task_req,
     update_req,
 )
@@ -31,15 +32,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from actions import naming
 from actions._gen.actions.console.v1 import console_pb2 as cpb
-from actions.app import ActionsApplication, open_memory_store
-from actions.config import Config
 from actions.console import service as console_service
 from actions.console.service import ConsoleService
 from actions.store import _meta
 from connect_proto import Code, ConnectClient, RequestContext, RpcError
 from connect_proto._headers import Headers
-from connect_proto._server.serve import make_config
-from connect_proto._server.serve import serve as serve_asgi
 
 CONSOLE = "/flyte_actions.console.v1.ConsoleService/"
 
@@ -276,21 +273,8 @@ tokens:
 """
 
 
-@asynccontextmanager
-async def served(tmp_path: Path) -> AsyncIterator[str]:
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(TOKENS)
-    application = ActionsApplication(
-        Config(port=0, auth_token_file=tokens), open_store=open_memory_store
-    )
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(
-            serve_asgi, application.app, make_config("127.0.0.1", 0, graceful_timeout=1.0)
-        )
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            nursery.cancel_scope.cancel()
+def served(tmp_path: Path) -> AbstractAsyncContextManager[str]:
+    return serve_with_tokens(tmp_path, TOKENS)
 
 
 async def test_served_on_the_app_port_under_the_token_rules(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from actions_harness import (
     aid,
     condition_req,
     open_env,
+    serve_with_tokens,
     task_req,
     update_req,
     wait_until,
@@ -31,15 +32,11 @@ from flyteidl2.core import types_pb2
 
 import actions.app
 from actions._gen.actions.console.v1 import console_pb2 as cpb
-from actions.app import ActionsApplication, open_memory_store
-from actions.config import Config
 from actions.console.recent import RecentDeletions
 from actions.console.service import ConsoleService
 from actions.store.base import WatchEvent
 from connect_proto import Code, ConnectClient, RequestContext, RpcError
 from connect_proto._headers import Headers
-from connect_proto._server.serve import make_config
-from connect_proto._server.serve import serve as serve_asgi
 
 CONSOLE = "/flyte_actions.console.v1.ConsoleService/"
 ACTIONS = "/flyteidl2.actions.ActionsService/"
@@ -355,22 +352,11 @@ TOKENS = "tokens:\n  - {name: operator, token: op-token, allow: ['*']}\n"
 
 @asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[ConnectClient]:
-    tokens = tmp_path / "tokens.yaml"
-    tokens.write_text(TOKENS)
-    application = ActionsApplication(
-        Config(port=0, auth_token_file=tokens), open_store=open_memory_store
-    )
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(
-            serve_asgi, application.app, make_config("127.0.0.1", 0, graceful_timeout=1.0)
-        )
-        try:
-            async with ConnectClient(
-                f"http://127.0.0.1:{port}", headers={"authorization": "Bearer op-token"}
-            ) as client:
-                yield client
-        finally:
-            nursery.cancel_scope.cancel()
+    async with (
+        serve_with_tokens(tmp_path, TOKENS) as url,
+        ConnectClient(url, headers={"authorization": "Bearer op-token"}) as client,
+    ):
+        yield client
 
 
 async def test_get_action_live_and_recently_deleted_over_the_wire(tmp_path: Path) -> None:

@@ -41,6 +41,18 @@ def _lifespan_or(handler: Callable[..., Any]) -> Any:
     return app
 
 
+async def _window_zero_get(port: int) -> tuple[Peer, int]:
+    """A client that allows the server no response bytes, after sending ``GET /`` (on
+    the stream it returns with it)."""
+    peer = await Peer.connect(port)
+    peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    sid = peer.h2.get_next_available_stream_id()
+    peer.h2.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                               (":authority", "x")], end_stream=True)  # fmt: skip
+    await peer.flush()
+    return peer, sid
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -244,12 +256,7 @@ async def test_a_window_zero_client_is_buffered_for_boundedly_then_reset(
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0)
         server = await Server(server_kind, _lifespan_or(stream_forever), config).start(nursery)
-        peer = await Peer.connect(server.port)
-        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        sid = peer.h2.get_next_available_stream_id()
-        peer.h2.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
-                                   (":authority", "x")], end_stream=True)  # fmt: skip
-        await peer.flush()
+        peer, sid = await _window_zero_get(server.port)
         with trio.move_on_after(10):
             await abandoned.wait()
         assert abandoned.is_set(), f"{accepted} bytes taken from the app, no write timeout"
@@ -323,12 +330,7 @@ async def test_a_writer_held_by_a_window_of_zero_is_released_when_the_client_res
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0)
         server = await Server(OURS, _lifespan_or(write_200_kib), config).start(nursery)
-        peer = await Peer.connect(server.port)
-        peer.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
-        sid = peer.h2.get_next_available_stream_id()
-        peer.h2.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"),
-                                   (":authority", "x")], end_stream=True)  # fmt: skip
-        await peer.flush()
+        peer, sid = await _window_zero_get(server.port)
         await peer.until(lambda seen: of_type(seen, h2.events.ResponseReceived), 5)
         await trio.sleep(0.2)
         assert not ended.is_set()  # held by the bound: the client takes nothing

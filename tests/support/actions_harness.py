@@ -644,3 +644,27 @@ class WriteDuringList:
             obj["status"]["conditions"][0]["reason"] = "Executing"
             await self._inner.update_status(obj)
         return result
+
+
+@asynccontextmanager
+async def serve_with_tokens(tmp_path: Path, tokens_yaml: str) -> AsyncIterator[str]:
+    """The whole application on a memory store, on 127.0.0.1, under a token file with
+    ``tokens_yaml``; yields its URL."""
+    from actions.app import ActionsApplication, open_memory_store
+    from actions.config import Config
+    from connect_proto._server.serve import make_config
+    from connect_proto._server.serve import serve as serve_asgi
+
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(tokens_yaml)
+    application = ActionsApplication(
+        Config(port=0, auth_token_file=tokens), open_store=open_memory_store
+    )
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            serve_asgi, application.app, make_config("127.0.0.1", 0, graceful_timeout=1.0)
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            nursery.cancel_scope.cancel()
