@@ -299,7 +299,7 @@ class RpcH2Protocol(H2Protocol):
             # The response is complete: what the send task does once it drained it.
             await buffer.close()
             del self.stream_buffers[stream_id]
-            self.priority.remove_stream(stream_id)
+            self.scheduler.remove_stream(stream_id)
         await self._flush()
         return True
 
