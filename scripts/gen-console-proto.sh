@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the Python code of the console's read API (proto/actions/console) into the
-# package, under src/actions/_gen. tests/actions/test_console_generated_fresh.py fails when
+# package, under src/actions/_gen. tests/test_generated_fresh.py fails when
 # the committed output differs from this.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the Python code of the test .proto files into tests/support/gen (the
 # console's, under proto/actions, go into the package: scripts/gen-console-proto.sh).
-# tests/connect_proto/test_generated_fresh.py fails when the committed output differs from this.
+# tests/test_generated_fresh.py fails when the committed output differs from this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-tests/support/gen}

@@ -39,9 +39,8 @@ def make_app() -> ConnectApp:
     return ConnectApp([(TEST_SERVICE, TestServiceImpl())])
 
 
-def plain_app(delay: float = 0.0) -> Any:
-    """An ASGI app that reads the whole request body, waits ``delay`` seconds (not
-    watching for a disconnect), then answers 200 "ok"."""
+def with_lifespan(handler: Any) -> Any:
+    """An ASGI app that answers the lifespan protocol and hands HTTP to ``handler``."""
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -49,13 +48,23 @@ def plain_app(delay: float = 0.0) -> Any:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        await handler(scope, receive, send)
+
+    return app
+
+
+def plain_app(delay: float = 0.0) -> Any:
+    """An ASGI app that reads the whole request body, waits ``delay`` seconds (not
+    watching for a disconnect), then answers 200 "ok"."""
+
+    async def answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive()).get("more_body", False):
             pass
         await trio.sleep(delay)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    return app
+    return with_lifespan(answer)
 
 
 class Server:

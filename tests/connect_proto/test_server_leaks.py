@@ -15,7 +15,16 @@ import h2.events
 import h2.settings
 import pytest
 import trio
-from h2_peer import OURS, STOCK, Peer, Server, grpc_headers, of_type, stock_and_ours
+from h2_peer import (
+    OURS,
+    STOCK,
+    Peer,
+    Server,
+    grpc_headers,
+    of_type,
+    stock_and_ours,
+    with_lifespan,
+)
 from hypercorn.events import Closed, Event, RawData
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
@@ -27,18 +36,6 @@ from connect_proto._wire.envelope import encode_envelope
 
 COUNT = "/testsvc.v1.TestService/Count"
 OURS_UNCOALESCED = "ours, every flush its own write"
-
-
-def _lifespan_or(handler: Callable[..., Any]) -> Any:
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await handler(scope, receive, send)
-
-    return app
 
 
 async def _window_zero_get(port: int) -> tuple[Peer, int]:
@@ -210,7 +207,7 @@ async def test_closed_idle_connections_give_back_their_sockets(server_kind: str)
 
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0, keep_alive_timeout=75)
-        server = await Server(server_kind, _lifespan_or(ok), config).start(nursery)
+        server = await Server(server_kind, with_lifespan(ok), config).start(nursery)
         baseline = _open_fds()
         for cycle in range(100):
             stream = await trio.open_tcp_stream("127.0.0.1", server.port)
@@ -255,7 +252,7 @@ async def test_a_window_zero_client_is_buffered_for_boundedly_then_reset(
 
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0)
-        server = await Server(server_kind, _lifespan_or(stream_forever), config).start(nursery)
+        server = await Server(server_kind, with_lifespan(stream_forever), config).start(nursery)
         peer, sid = await _window_zero_get(server.port)
         with trio.move_on_after(10):
             await abandoned.wait()
@@ -299,7 +296,7 @@ async def test_http1_client_that_stops_reading_is_closed_after_the_write_timeout
 
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0, write_timeout=0.5)
-        server = await Server(server_kind, _lifespan_or(stream_forever), config).start(nursery)
+        server = await Server(server_kind, with_lifespan(stream_forever), config).start(nursery)
         client = trio.socket.socket()
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         await client.connect(("127.0.0.1", server.port))
@@ -329,7 +326,7 @@ async def test_a_writer_held_by_a_window_of_zero_is_released_when_the_client_res
 
     async with trio.open_nursery() as nursery:
         config = make_config("127.0.0.1", 0)
-        server = await Server(OURS, _lifespan_or(write_200_kib), config).start(nursery)
+        server = await Server(OURS, with_lifespan(write_200_kib), config).start(nursery)
         peer, sid = await _window_zero_get(server.port)
         await peer.until(lambda seen: of_type(seen, h2.events.ResponseReceived), 5)
         await trio.sleep(0.2)
