@@ -248,13 +248,16 @@ async def bounded(calls: list[Any], limit: int) -> None:
     await asyncio.gather(*(one(c) for c in calls))
 
 
-async def setup_actions(stub: ActionsServiceStub, parents: int, children: int) -> float:
-    """Enqueue the roots, then their children (child g belongs to parent g // children)."""
+async def setup_actions(
+    stub: ActionsServiceStub, parents: int, children: int, first: int = 0
+) -> float:
+    """Enqueue the roots ``first`` to ``first + parents - 1``, then their children (child
+    g belongs to parent g // children)."""
     t0 = time.monotonic()
     await bounded(
         [
             (lambda p=p: stub.Enqueue(task_request(*parent_id(p), None), timeout=30))
-            for p in range(parents)
+            for p in range(first, first + parents)
         ],
         32,
     )
@@ -265,7 +268,7 @@ async def setup_actions(stub: ActionsServiceStub, parents: int, children: int) -
                     task_request(parent_id(g // children)[0], child_name(g), "a0"), timeout=30
                 )
             )
-            for g in range(parents * children)
+            for g in range(first * children, (first + parents) * children)
         ],
         32,
     )

@@ -227,7 +227,10 @@ def _server_connection(kind: type[h2.connection.H2Connection]) -> h2.connection.
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     client.initiate_connection()
     client.send_headers(1, grpc_headers(ECHO))
-    server = kind(h2.config.H2Configuration(client_side=False))
+    if kind is RpcH2Connection:
+        server: h2.connection.H2Connection = RpcH2Connection()  # its own server config
+    else:
+        server = kind(h2.config.H2Configuration(client_side=False))
     server.initiate_connection()
     server.receive_data(client.data_to_send())
     return server
@@ -267,7 +270,10 @@ def test_refusing_a_stream_the_client_reset(kind: type[h2.connection.H2Connectio
     client.initiate_connection()
     client.send_headers(1, grpc_headers(ECHO))
     client.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
-    server = kind(h2.config.H2Configuration(client_side=False))
+    if kind is RpcH2Connection:
+        server: h2.connection.H2Connection = RpcH2Connection()  # its own server config
+    else:
+        server = kind(h2.config.H2Configuration(client_side=False))
     server.initiate_connection()
     events = server.receive_data(client.data_to_send())
     assert [type(e) for e in events][-2:] == [h2.events.RequestReceived, h2.events.StreamReset]

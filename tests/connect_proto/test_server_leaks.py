@@ -22,6 +22,7 @@ from h2_peer import (
     Server,
     grpc_headers,
     of_type,
+    plain_app,
     stock_and_ours,
     with_lifespan,
 )
@@ -364,3 +365,23 @@ async def test_a_window_zero_stream_of_many_messages_is_abandoned_at_the_write_t
         nursery.cancel_scope.cancel()
     assert resets == [(sid, h2.errors.ErrorCodes.CANCEL)]
     assert ended
+
+
+# -- hypercorn's read_timeout: a connection that sends nothing for that long is closed
+
+
+@pytest.mark.parametrize("read_timeout", [None, 0.3])
+async def test_read_timeout_closes_a_silent_connection(read_timeout: float | None) -> None:
+    config = make_config("127.0.0.1", 0)  # keep-alive 75 s: only read_timeout can close it
+    config.read_timeout = read_timeout
+    async with trio.open_nursery() as nursery:
+        server = await Server(OURS, plain_app(), config).start(nursery)
+        peer = await Peer.connect(server.port)
+        await peer.flush()  # the preface and SETTINGS, then silence
+        with trio.move_on_after(1.5):
+            while not peer.closed:
+                await peer.events()
+        assert peer.closed == (read_timeout is not None)
+        await peer.aclose()
+        server.check()
+        nursery.cancel_scope.cancel()

@@ -32,22 +32,39 @@ _SERVER_OWNED = (
 
 
 def create(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
+    entry, _ = tx.insert_copy(_new_object(tx, obj, namespace))
+    return entry.object()
+
+
+def create_with_status(tx: Tx, obj: KubeObject, status: Any, namespace: str) -> KubeObject:
+    """``create``, then ``status`` written through the status subresource: two changes
+    (ADDED, MODIFIED) in one transaction, so either both happen or neither does."""
+    _, added = tx.insert_copy(_new_object(tx, obj, namespace))
+    # The MODIFIED state shares all but metadata and status with the ADDED event's object;
+    # neither is changed once stored.
+    modified = {**added, "metadata": {**added["metadata"]}, "status": copy_json(status)}
+    return tx.replace(modified, check_size=True)
+
+
+def _new_object(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
+    """What a create of ``obj`` stores, checked against the store: a shallow copy with
+    server-owned metadata filled in (``obj`` itself is left as it was)."""
     _meta.validate_new_object(obj, namespace)
-    new: KubeObject = copy_json({key: value for key, value in obj.items() if key != "status"})
-    meta: dict[str, Any] = new["metadata"]
+    new: KubeObject = {key: value for key, value in obj.items() if key != "status"}
+    meta: dict[str, Any] = dict(new["metadata"])
+    new["metadata"] = meta
     name = meta["name"]
-    existing = tx.load(name)
+    existing = tx.entry(name)
     if existing is not None:
-        being_deleted = "deletionTimestamp" in existing["metadata"]
-        raise AlreadyExists(_meta.already_exists_message(name, being_deleted=being_deleted))
+        raise AlreadyExists(_meta.already_exists_message(name, being_deleted=existing.deleting))
     for ref in meta.get("ownerReferences") or []:
-        owner = tx.load(ref["name"])
+        owner = tx.entry(ref["name"])
         # A reference to a missing owner, or to an older object of the same name (uid
         # differs), is dangling: the GC would collect the new object at once. The service
         # wants to hear about it instead, so refuse.
-        if owner is None or owner["metadata"]["uid"] != ref["uid"]:
+        if owner is None or owner.uid != ref["uid"]:
             raise NotFound(f"owner {_meta.not_found_message(ref['name'])}")
-        if "deletionTimestamp" in owner["metadata"]:
+        if owner.deleting:
             raise OwnerTerminating(f'owner {_meta.RESOURCE} "{ref["name"]}" is being deleted')
     for field in _SERVER_OWNED:
         meta.pop(field, None)
@@ -57,15 +74,7 @@ def create(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:
         generation=1,
         creationTimestamp=_meta.now_timestamp(),
     )
-    return tx.insert(new)
-
-
-def create_with_status(tx: Tx, obj: KubeObject, status: Any, namespace: str) -> KubeObject:
-    """``create``, then ``status`` written through the status subresource: two changes
-    (ADDED, MODIFIED) in one transaction, so either both happen or neither does."""
-    created = create(tx, obj, namespace)
-    created["status"] = copy_json(status)
-    return tx.replace(created, check_size=True)
+    return new
 
 
 def update_status(tx: Tx, obj: KubeObject, namespace: str) -> KubeObject:

@@ -14,7 +14,6 @@ what later reads decode.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,7 +30,8 @@ def _owner_refs(obj: KubeObject) -> tuple[tuple[str, str], ...]:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One stored object. ``body`` is its compact JSON; ``labels`` is never mutated."""
+    """One stored object. ``body`` is its compact JSON; ``labels`` is never mutated;
+    ``deleting``: it has a deletionTimestamp (a finalizer holds it)."""
 
     name: str
     uid: str
@@ -40,6 +40,7 @@ class Entry:
     labels: dict[str, str]
     owners: tuple[tuple[str, str], ...]
     created: str
+    deleting: bool
 
     @classmethod
     def of(cls, obj: KubeObject, body: str, rv: int) -> Entry:
@@ -52,16 +53,17 @@ class Entry:
             meta.get("labels") or {},
             _owner_refs(obj),
             meta.get("creationTimestamp") or "",
+            "deletionTimestamp" in meta,
         )
 
     @classmethod
     def decode(cls, body: str, rv: int) -> tuple[Entry, KubeObject]:
-        obj = json.loads(body)
+        obj = _meta.loads(body)
         return cls.of(obj, body, rv), obj
 
     def object(self) -> KubeObject:
         """A fresh copy of the object, the caller's to keep and change."""
-        obj: KubeObject = json.loads(self.body)
+        obj: KubeObject = _meta.loads(self.body)
         return obj
 
 
@@ -167,7 +169,7 @@ class Tx:
     """Writes of one batch over the index. Each write takes the next resourceVersion;
     ``savepoint``/``rollback`` undo a failing write alone."""
 
-    __slots__ = ("_index", "_overlay", "base_rv", "changes", "events", "rv")
+    __slots__ = ("_index", "_overlay", "base_rv", "changes", "entries", "events", "rv")
 
     def __init__(self, index: Index) -> None:
         self._index = index
@@ -176,6 +178,7 @@ class Tx:
         self._overlay: dict[str, Entry | None] = {}  # name -> written entry, None: deleted
         self.changes: list[Change] = []
         self.events: list[KubeObject] = []  # the object of each change, for the event
+        self.entries: list[Entry] = []  # the index entry of each change
 
     # -- reads --------------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class Tx:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _stamp(self, obj: KubeObject, kind: EventType, *, check_size: bool) -> Entry | None:
+    def _stamp(self, obj: KubeObject, kind: EventType, *, check_size: bool) -> Entry:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         body = _meta.dumps(obj)
@@ -210,21 +213,26 @@ class Tx:
         entry = Entry.of(obj, body, self.rv)
         self.changes.append(Change(self.rv, kind, entry.name, entry.uid, body))
         self.events.append(obj)
+        self.entries.append(entry)
         self._overlay[entry.name] = None if kind == "DELETED" else entry
         return entry
 
-    def insert(self, obj: KubeObject, *, check_size: bool = True) -> KubeObject:
-        """Store a new object (ADDED). ``obj`` becomes the event's: the caller must not
-        change it afterwards; it gets a copy back."""
-        entry = self._stamp(obj, "ADDED", check_size=check_size)
-        assert entry is not None
-        return entry.object()
+    def insert_copy(self, obj: KubeObject) -> tuple[Entry, KubeObject]:
+        """Store a new object (ADDED) without taking ``obj``: the event gets its own copy,
+        decoded from the stored JSON (one encoding, one decoding: the cheapest deep copy
+        that also proves the value is plain JSON). Returns the entry and that copy, which
+        stays the event's: build a next state from a shallow copy of it, never change it."""
+        stamped = self._stamp(obj, "ADDED", check_size=True)
+        stored = stamped.object()
+        # Nothing the index or the event keeps may be the caller's (its labels dict).
+        entry = Entry.of(stored, stamped.body, stamped.rv)
+        self.events[-1], self.entries[-1], self._overlay[entry.name] = stored, entry, entry
+        return entry, stored
 
     def replace(self, new: KubeObject, *, check_size: bool = False) -> KubeObject:
-        """Store a new state of an existing object (MODIFIED); as ``insert``."""
-        entry = self._stamp(new, "MODIFIED", check_size=check_size)
-        assert entry is not None
-        return entry.object()
+        """Store a new state of an existing object (MODIFIED). ``new`` becomes the event's:
+        the caller must not change it afterwards; it gets a copy back."""
+        return self._stamp(new, "MODIFIED", check_size=check_size).object()
 
     def remove(self, obj: KubeObject) -> None:
         """Delete; the DELETED event carries the last state with the deletion's new rv."""
@@ -238,6 +246,7 @@ class Tx:
         self.rv, count, self._overlay = mark
         del self.changes[count:]
         del self.events[count:]
+        del self.entries[count:]
 
 
 def entries_of(rows: Iterable[tuple[str, int, str]]) -> Iterable[Entry]:

@@ -36,7 +36,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -305,8 +304,7 @@ class EmbeddedStore:
                     # Nothing of the batch was stored: every write in it failed.
                     outcomes = [(None, exc)] * len(batch)
                     break
-                for change, obj in zip(tx.changes, tx.events, strict=True):
-                    entry = Entry.of(obj, change.body, change.rv)
+                for change, entry, obj in zip(tx.changes, tx.entries, tx.events, strict=True):
                     self._record(change.rv, change.type, entry, obj)
                 self._fresh_until = started + self._poll_interval
                 self._wake_followers()
@@ -459,7 +457,7 @@ class EmbeddedStore:
         last = self._index.rv
         _, rows = await self._reader.run(partial(_read_log, after=cursor))
         return [
-            (rv, WatchEvent(kind, json.loads(body)))  # type: ignore[arg-type]
+            (rv, WatchEvent(kind, _meta.loads(body)))  # type: ignore[arg-type]
             for rv, kind, body in rows
             if rv <= last
         ]

@@ -34,6 +34,7 @@ _SHAPE = {
     ),
     "h2.connection.H2Connection": (
         "end_stream", "reset_stream", "update_settings", "close_connection",
+        "_receive_headers_frame", "send_headers",
     ),
     "hpack.Encoder": ("encode", "_encode_table_size_change"),
     "hypercorn.trio.task_group.TaskGroup": ("spawn_app",),

@@ -15,10 +15,15 @@ error escapes into the trio worker and ends the server (docs/hypercorn-upstream.
   already tells the client which streams were not processed.
 
 It also encodes headers with ``StatelessHeaderEncoder`` (header_encoder.py): no dynamic
-table, each distinct header encoded once per process.
+table, each distinct header encoded once per process; and normalizes and checks header
+blocks, received and sent, in one pass each (inbound_headers.py, outbound_headers.py)
+instead of h2's generator chains, with the same outcome.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -26,8 +31,11 @@ import h2.exceptions
 import h2.settings
 from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
+from h2.events import Event, RequestReceived, TrailersReceived
 from h2.stream import StreamState
+from hyperframe.frame import Frame
 
+from connect_proto._server import inbound_headers, outbound_headers
 from connect_proto._server.header_encoder import StatelessHeaderEncoder
 
 _SENDING_SIDE_CLOSED = (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED)
@@ -36,9 +44,50 @@ _SENDING_SIDE_CLOSED = (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED)
 class RpcH2Connection(h2.connection.H2Connection):
     """``H2Connection`` whose stream-ending calls are idempotent."""
 
-    def __init__(self, config: h2.config.H2Configuration | None = None) -> None:
-        super().__init__(config)
+    def __init__(self) -> None:
+        # Inbound blocks are normalized and checked by _receive_headers_frame, as bytes.
+        super().__init__(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                normalize_inbound_headers=False,
+                validate_inbound_headers=False,
+                normalize_outbound_headers=False,
+                validate_outbound_headers=False,
+            )
+        )
         self.encoder = StatelessHeaderEncoder()
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Iterable[Any],
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        # What h2 would check, in one pass; h2 calls a block sent after the headers
+        # trailers.
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.state_machine.headers_sent:
+            checked = outbound_headers.trailer_headers(headers)
+        else:
+            checked = outbound_headers.response_headers(headers)
+        super().send_headers(
+            stream_id, checked, end_stream, priority_weight, priority_depends_on, priority_exclusive
+        )
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Event]]:
+        # h2 has moved the stream's state when it hands the block over, as it has when its
+        # own checks raise: either way a ProtocolError here ends the connection.
+        frames, events = super()._receive_headers_frame(frame)
+        for event in events:
+            if isinstance(event, RequestReceived):
+                event.headers = inbound_headers.request_headers(event.headers)
+            elif isinstance(event, TrailersReceived):
+                event.headers = inbound_headers.trailer_headers(event.headers)
+        return frames, events
 
     @property
     def closed(self) -> bool:

@@ -66,7 +66,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import h2.config
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -174,9 +173,7 @@ class RpcH2Protocol(H2Protocol):
             app, config, context, task_group, connection_state, ssl, client, server, send
         )
         # The same connection hypercorn builds, as our subclass; nothing was sent yet.
-        self.connection: RpcH2Connection = RpcH2Connection(
-            config=h2.config.H2Configuration(client_side=False, header_encoding=None)
-        )
+        self.connection: RpcH2Connection = RpcH2Connection()
         self.connection.DEFAULT_MAX_INBOUND_FRAME_SIZE = config.h2_max_inbound_frame_size
         self.connection.local_settings = h2.settings.Settings(
             client=False,
@@ -302,6 +299,24 @@ class RpcH2Protocol(H2Protocol):
             self.scheduler.remove_stream(stream_id)
         await self._flush()
         return True
+
+    async def _window_updated(self, stream_id: int | None) -> None:
+        # hypercorn unblocks every stream on a connection-level WINDOW_UPDATE (or a new
+        # initial window size), and the send task then visits each one only to block it
+        # again: per update, work in the number of open streams (idle watches included),
+        # and a stream left unblocked misses the direct write above. Only a stream with
+        # something held back (data, or its end) can use more window.
+        buffers = self.stream_buffers
+        if not stream_id:
+            waiting = [sid for sid, buffer in buffers.items() if buffer.buffer or buffer.complete]
+        elif stream_id in buffers and (buffers[stream_id].buffer or buffers[stream_id].complete):
+            waiting = [stream_id]
+        else:
+            return
+        for sid in waiting:
+            self.scheduler.unblock(sid)
+        if waiting:
+            await self.has_data.set()
 
     async def _close_stream(self, stream_id: int) -> None:
         # hypercorn's, except that the send task is only woken when it has something of

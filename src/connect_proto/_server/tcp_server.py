@@ -131,12 +131,12 @@ class RpcTCPServer(TCPServer):
                 if self._broken:
                     return  # the connection is closing; these bytes cannot arrive
                 try:
+                    if await self._send_all(event.data):
+                        return
+                    # No progress for the write timeout: hypercorn writes shielded, so a
+                    # client that stopped reading TCP would hold the connection and its
+                    # handlers for good.
                     with trio.CancelScope(shield=True):
-                        if await self._send_all(event.data):
-                            return
-                        # No progress for the write timeout: hypercorn writes shielded,
-                        # so a client that stopped reading TCP would hold the connection
-                        # and its handlers for good.
                         await trio.aclose_forcefully(self.stream)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
@@ -154,31 +154,37 @@ class RpcTCPServer(TCPServer):
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
 
     async def _send_all(self, data: bytes) -> bool:
-        """Write ``data``; False when a ``WRITE_CHUNK`` made no way in ``write_timeout``."""
+        """Write ``data``, shielded from outer cancellation (as hypercorn writes: bytes
+        half-written would break the connection for every stream on it); False when a
+        ``WRITE_CHUNK`` made no way in ``write_timeout``. One scope per chunk does both:
+        a shield stops cancellation from outside, not the scope's own deadline."""
         view = memoryview(data)
+        timeout = self.options.write_timeout
         for start in range(0, len(view), WRITE_CHUNK):
-            with trio.move_on_after(self.options.write_timeout):
+            scope = trio.CancelScope(shield=True, deadline=trio.current_time() + timeout)
+            with scope:
                 await self.stream.send_all(view[start : start + WRITE_CHUNK])
-                continue
-            return False
+            if scope.cancelled_caught:
+                return False
         return True
 
     async def _read_data(self) -> None:
         # hypercorn's loop; the clean-up goes to the closer, the keep-alive timer stops.
         try:
+            read_timeout = self.config.read_timeout or inf
             while not self._lost.is_set():
-                with trio.CancelScope() as self._receive_scope:
+                # One scope per read, for both ways it ends early: the connection found
+                # lost (``_connection_lost`` cancels it) and read_timeout passing.
+                scope = self._receive_scope = trio.CancelScope(
+                    deadline=trio.current_time() + read_timeout
+                )
+                with scope:
                     try:
-                        with trio.fail_after(self.config.read_timeout or inf):
-                            data = await self.stream.receive_some(MAX_RECV)
-                    except (
-                        trio.ClosedResourceError,
-                        trio.BrokenResourceError,
-                        trio.TooSlowError,
-                    ):
+                        data = await self.stream.receive_some(MAX_RECV)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
                         break
                 self._receive_scope = None
-                if self._lost.is_set():
+                if self._lost.is_set() or scope.cancelled_caught:
                     break
                 await self.protocol.handle(RawData(bytes(data)))
                 if data == b"":
