@@ -568,3 +568,56 @@ async def test_coalesced_writes_keep_backpressure_for_a_slow_reader(
     assert test_pb2.EchoResponse.FromString(received[5:]).payload == payload
     # below the high-water mark plus one _flush (at most a 16 KiB frame and a header)
     assert 0 < peak[0] < WriteCoalescer.HIGH_WATER + 17 * 1024, peak[0]
+
+
+# -- the open-stream count h2 takes for each new stream
+
+
+def _stream_pair(limit: int) -> tuple[h2.connection.H2Connection, RpcH2Connection]:
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server = RpcH2Connection()
+    server.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit}
+    )
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    return client, server
+
+
+def test_the_concurrent_stream_limit_holds_and_closed_streams_are_dropped() -> None:
+    client, server = _stream_pair(limit=100)
+    for _ in range(1000):  # one request at a time, each answered and closed
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, grpc_headers(ECHO), end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(":status", "200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+        assert len(server.streams) <= 64 + 1  # h2 counts (and drops closed ones) in time
+    open_ids = []
+    for _ in range(100):  # up to the limit at once: allowed
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, grpc_headers(ECHO))
+        open_ids.append(sid)
+    server.receive_data(client.data_to_send())
+    # A client that ignores our limit (h2's own client would not send the next one).
+    client.remote_settings.update({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+    client.remote_settings.acknowledge()
+    client.send_headers(client.get_next_available_stream_id(), grpc_headers(ECHO))
+    with pytest.raises(h2.exceptions.TooManyStreamsError):
+        server.receive_data(client.data_to_send())  # one more: refused
+
+
+def test_streams_closed_meanwhile_make_room() -> None:
+    client, server = _stream_pair(limit=50)  # below the count's floor: no walk before
+    for _ in range(50):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, grpc_headers(ECHO), end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(sid, [(":status", "200")], end_stream=True)  # closed, still kept
+    client.receive_data(server.data_to_send())
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, grpc_headers(ECHO))
+    events = server.receive_data(client.data_to_send())  # 50 kept, none open: allowed
+    assert len(of_type(events, h2.events.RequestReceived)) == 1
+    assert list(server.streams) == [sid]  # the closed ones were dropped on the way

@@ -34,7 +34,7 @@ _SHAPE = {
     ),
     "h2.connection.H2Connection": (
         "end_stream", "reset_stream", "update_settings", "close_connection",
-        "_receive_headers_frame", "send_headers",
+        "_receive_headers_frame", "send_headers", "_open_streams",
     ),
     "hpack.Encoder": ("encode", "_encode_table_size_change"),
     "hypercorn.trio.task_group.TaskGroup": ("spawn_app",),

@@ -39,6 +39,8 @@ from connect_proto._server import inbound_headers, outbound_headers
 from connect_proto._server.header_encoder import StatelessHeaderEncoder
 
 _SENDING_SIDE_CLOSED = (StreamState.HALF_CLOSED_LOCAL, StreamState.CLOSED)
+# Streams h2 may keep before it is asked to walk them (see open_inbound_streams).
+_COUNT_STREAMS_AT_LEAST = 64
 
 
 class RpcH2Connection(h2.connection.H2Connection):
@@ -57,6 +59,22 @@ class RpcH2Connection(h2.connection.H2Connection):
             )
         )
         self.encoder = StatelessHeaderEncoder()
+        self._count_streams_at = _COUNT_STREAMS_AT_LEAST
+
+    @property
+    def open_inbound_streams(self) -> int:
+        """h2 reads this for each new stream, to hold the peer to our
+        SETTINGS_MAX_CONCURRENT_STREAMS, and counts by walking every stream it keeps
+        (dropping the closed ones as it goes): work in the number of streams, per request.
+        While fewer streams are kept than the limit, their number answers that check as
+        well (it is at least the number open); h2's walk runs once they reach the limit,
+        or twice what its last walk kept, so that closed streams do not pile up."""
+        kept = len(self.streams)
+        if kept < self._count_streams_at and kept < self.local_settings.max_concurrent_streams:
+            return kept
+        count: int = super().open_inbound_streams
+        self._count_streams_at = max(_COUNT_STREAMS_AT_LEAST, 2 * len(self.streams))
+        return count
 
     def send_headers(
         self,
