@@ -164,14 +164,17 @@ def append(conn: sqlite3.Connection, base_rv: int, changes: list[Change], retent
             "INSERT INTO changes (rv, type, body) VALUES (?, ?, ?)",
             [(c.rv, c.type, c.body) for c in changes],
         )
-        for c in changes:
-            if c.type == "DELETED":
-                conn.execute("DELETE FROM objects WHERE name = ?", (c.name,))
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?)",
-                    (c.name, c.uid, c.rv, c.body),
-                )
+        # The objects table needs each name's last state only (a create with its status is
+        # two changes, one row).
+        last = {c.name: c for c in changes}
+        gone = [(c.name,) for c in last.values() if c.type == "DELETED"]
+        kept = [(c.name, c.uid, c.rv, c.body) for c in last.values() if c.type != "DELETED"]
+        if gone:
+            conn.executemany("DELETE FROM objects WHERE name = ?", gone)
+        if kept:
+            conn.executemany(
+                "INSERT OR REPLACE INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?)", kept
+            )
         rv = changes[-1].rv
         conn.execute("UPDATE meta SET value = ? WHERE key = 'rv'", (rv,))
         compacted = meta_value(conn, "compacted")
