@@ -22,6 +22,10 @@ Differences from hypercorn, each in docs/hypercorn-upstream.md:
 - Each socket write makes progress within ``write_timeout`` (per ``WRITE_CHUNK``) or
   the connection is closed: hypercorn writes shielded, so a client that stopped reading
   TCP held an HTTP/1.1 response (and its handler) beyond any app timeout (issue 12).
+- A write whose caller is cancelled while it waits for the send lock (a call's deadline
+  passing while another write is on the socket) still goes out, in its turn: hypercorn
+  dropped it, though h2 or h11 had already counted its bytes as sent, so the client got a
+  stream's trailers without its HEADERS, or a corrupt HPACK context (issue 15).
 - Its task group and keep-alive timer are ``RpcTaskGroup`` and ``KeepAliveTimer``
   (task_group.py): fewer trips through the scheduler per request.
 """
@@ -127,23 +131,18 @@ class RpcTCPServer(TCPServer):
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
-            async with self.send_lock:
-                if self._broken:
-                    return  # the connection is closing; these bytes cannot arrive
-                try:
-                    if await self._send_all(event.data):
-                        return
-                    # No progress for the write timeout: hypercorn writes shielded, so a
-                    # client that stopped reading TCP would hold the connection and its
-                    # handlers for good.
-                    with trio.CancelScope(shield=True):
-                        await trio.aclose_forcefully(self.stream)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-                except trio.BusyResourceError:
-                    pass  # only _close() sends outside the lock: the connection is closing
-                self._broken = True
-            self._connection_lost()
+            # Shielded, as hypercorn writes (bytes half-written would break the connection
+            # for every stream on it), and from the wait for the lock on: h2 (or h11)
+            # counted these bytes as sent when it produced them, so a caller's cancel (a
+            # call's deadline) must not drop them (issue 15). The wait has an end: each
+            # write ahead makes progress within the write timeout or closes the connection.
+            with trio.CancelScope(shield=True):
+                written = await self._write(event.data)
+            if not written:
+                self._connection_lost()
+            # A caller's cancel lands once its bytes are out (or dropped with the broken
+            # connection): an app that writes in a loop must still hear of it.
+            await trio.lowlevel.checkpoint_if_cancelled()
         elif isinstance(event, Closed):
             await self._close()
             self._connection_lost()
@@ -153,16 +152,32 @@ class RpcTCPServer(TCPServer):
             elif self._reading:  # after the read loop no timer is needed (or waited for)
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
 
+    async def _write(self, data: bytes) -> bool:
+        """Write ``data`` after the writes before it; False when the connection is or
+        becomes broken (these bytes cannot arrive; later writes are dropped)."""
+        async with self.send_lock:
+            if self._broken:
+                return False  # the connection is closing
+            try:
+                if await self._send_all(data):
+                    return True
+                # No progress for the write timeout: hypercorn writes shielded, so a
+                # client that stopped reading TCP would hold the connection and its
+                # handlers for good.
+                await trio.aclose_forcefully(self.stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except trio.BusyResourceError:
+                pass  # only _close() sends outside the lock: the connection is closing
+            self._broken = True
+            return False
+
     async def _send_all(self, data: bytes) -> bool:
-        """Write ``data``, shielded from outer cancellation (as hypercorn writes: bytes
-        half-written would break the connection for every stream on it); False when a
-        ``WRITE_CHUNK`` made no way in ``write_timeout``. One scope per chunk does both:
-        a shield stops cancellation from outside, not the scope's own deadline."""
+        """Write ``data``; False when a ``WRITE_CHUNK`` made no way in ``write_timeout``."""
         view = memoryview(data)
         timeout = self.options.write_timeout
         for start in range(0, len(view), WRITE_CHUNK):
-            scope = trio.CancelScope(shield=True, deadline=trio.current_time() + timeout)
-            with scope:
+            with trio.move_on_after(timeout) as scope:
                 await self.stream.send_all(view[start : start + WRITE_CHUNK])
             if scope.cancelled_caught:
                 return False
