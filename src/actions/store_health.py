@@ -48,7 +48,7 @@ from actions.store.base import (
     Store,
     WatchEvent,
 )
-from actions.store.errors import Gone, Invalid, StoreError, StoreUnavailable
+from actions.store.errors import Gone, Invalid, ResourceMissing, StoreError, StoreUnavailable
 
 log = logging.getLogger("actions.store_health")
 
@@ -107,9 +107,9 @@ class ObservedStore:
         mark_logged(exc if raised is None else raised)
         now = self._clock()
         message = str(exc) or type(exc).__name__
-        # The backend knows (and has logged, naming it) why it cannot serve: an echo
-        # of that here would be a second line for one cause.
-        loud = self.inner.ready()[0]
+        # The backend knows (and has logged, naming it) why it cannot serve, or reports
+        # this cause itself (a missing CRD): an echo of that here would be a second line.
+        loud = self.inner.ready()[0] and not isinstance(exc, ResourceMissing)
         level = logging.ERROR if loud else logging.DEBUG
         failing = self._failing.get(kind)
         if failing is None or (loud and not failing.loud):

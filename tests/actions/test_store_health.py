@@ -17,7 +17,7 @@ from actions.app import ActionsApplication, open_memory_store
 from actions.config import Config
 from actions.log_policy import RepeatLimiter, TracebacksAtDebug, is_logged
 from actions.store.base import Store
-from actions.store.errors import NotFound, StoreUnavailable
+from actions.store.errors import NotFound, ResourceMissing, StoreUnavailable
 from actions.store_health import ObservedStore
 from connect_proto._client import ConnectClient
 from connect_proto._errors import Code, RpcError
@@ -226,3 +226,19 @@ def task_obj(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {}},
         "spec": {"actionName": name},
     }
+
+
+async def test_a_cause_the_backend_reports_itself_is_not_logged_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A read that meets a missing CRD before the informer does (ResourceMissing: the
+    informer reports it): the wrapper logs it at DEBUG only, though the backend still says
+    it is ready."""
+    inner = await _memory()
+    store = ObservedStore(inner, "Kubernetes store", clock=Clock())
+    inner.broken_reads = ResourceMissing("CustomResourceDefinition taskactions.flyte.org gone")
+    caplog.set_level(logging.DEBUG, "actions.store_health")
+    with pytest.raises(StoreUnavailable):
+        await store.get("a0")
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert inner.ready()[0]  # the backend had not noticed yet

@@ -36,6 +36,12 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached (API server down, throttled past the retry bound)."""
 
 
+class ResourceMissing(StoreUnavailable):
+    """The API server does not serve the resource (its CRD is not installed). The
+    backend's watch of that resource meets the same answer and reports it, once; whoever
+    else meets it need not log it again."""
+
+
 class TooLarge(StoreError):
     """The object is bigger than the backend can store, so no retry can succeed.
 

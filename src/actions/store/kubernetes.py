@@ -50,6 +50,7 @@ from actions.store.errors import (
     Invalid,
     NotFound,
     OwnerTerminating,
+    ResourceMissing,
     StoreUnavailable,
     TooLarge,
 )
@@ -248,7 +249,9 @@ class KubernetesStore:
         except NotFound as exc:
             if not _resource_not_served(exc):
                 raise
-            raise StoreUnavailable(
+            # Reported by the informer of the same resource, which meets the same 404 on
+            # its list or watch: one cause, one line, even when a read finds it first.
+            raise ResourceMissing(
                 f"CustomResourceDefinition {plural}.{_meta.GROUP} not found on the API server "
                 f"{self._api_client.configuration.host} ({str(exc).strip()}); is it installed?"
             ) from exc
