@@ -23,6 +23,8 @@ from typing import Final
 from h2.exceptions import ProtocolError
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
+from connect_proto._server.header_rules import CONNECTION_FIELDS, add_pseudo_header, check_te
+
 # RFC 9113 section 8.2.1: no name byte in 0x00-0x20, 0x41-0x5a (upper case) or 0x7f-0xff;
 # a colon only as the first byte (a pseudo-header).
 _BAD_NAME_BYTE: Final = re.compile(rb"[\x00-\x20\x41-\x5a\x7f-\xff]")
@@ -30,13 +32,6 @@ _BAD_NAME_BYTE: Final = re.compile(rb"[\x00-\x20\x41-\x5a\x7f-\xff]")
 _BAD_VALUE_BYTE: Final = re.compile(rb"[\x00\n\r]")
 _WHITESPACE: Final = (0x20, 0x09)
 
-# Hop-by-hop fields HTTP/2 forbids (RFC 9113 section 8.2.2).
-_CONNECTION_FIELDS: Final = frozenset(
-    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
-)
-_PSEUDO_FIELDS: Final = frozenset(
-    (b":method", b":scheme", b":authority", b":path", b":status", b":protocol")
-)
 
 # Names seen valid, so that each distinct name is scanned once; bounded, since names are
 # chosen by the peer.
@@ -86,16 +81,7 @@ def _check(headers: Iterable[Header], *, trailer: bool) -> list[Header]:
                 msg = f"Received header value surrounded by whitespace {value!r}"
                 raise ProtocolError(msg)
         if name[0] == 0x3A:  # ":": a pseudo-header
-            if name in pseudo:
-                msg = f"Received duplicate pseudo-header field {name!r}"
-                raise ProtocolError(msg)
-            pseudo.add(name)
-            if seen_regular:
-                msg = f"Received pseudo-header field out of sequence: {name!r}"
-                raise ProtocolError(msg)
-            if name not in _PSEUDO_FIELDS:
-                msg = f"Received custom pseudo-header field {name!r}"
-                raise ProtocolError(msg)
+            add_pseudo_header(name, pseudo, after_regular=seen_regular)
             if name == b":method":
                 method = value
             elif name == b":authority":
@@ -106,10 +92,8 @@ def _check(headers: Iterable[Header], *, trailer: bool) -> list[Header]:
         else:
             seen_regular = True
             if name == b"te":
-                if value.lower() != b"trailers":
-                    msg = f"Invalid value for TE header: {value!r}"
-                    raise ProtocolError(msg)
-            elif name in _CONNECTION_FIELDS:
+                check_te(value)
+            elif name in CONNECTION_FIELDS:
                 msg = f"Connection-specific header field present: {name!r}."
                 raise ProtocolError(msg)
             elif name == b"host" and not trailer:

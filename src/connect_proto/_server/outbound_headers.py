@@ -17,18 +17,14 @@ from typing import Final
 from h2.exceptions import ProtocolError
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
 
+from connect_proto._server.header_rules import CONNECTION_FIELDS, add_pseudo_header, check_te
+
 Header = tuple[bytes, bytes] | HeaderTuple
 
-_CONNECTION_FIELDS: Final = frozenset(
-    (b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade")
-)
 # Kept out of every compression context (h2, after Firefox and nghttp2): credentials, and
 # cookies short enough to guess.
 _CREDENTIALS: Final = frozenset((b"authorization", b"proxy-authorization"))
 _SHORT_COOKIE: Final = 20
-_PSEUDO_FIELDS: Final = frozenset(
-    (b":method", b":scheme", b":authority", b":path", b":status", b":protocol")
-)
 _REQUEST_ONLY: Final = frozenset((b":scheme", b":path", b":authority", b":method", b":protocol"))
 
 
@@ -52,7 +48,7 @@ def _check(headers: Iterable[Header | tuple[str, str]], *, trailer: bool) -> lis
         value = raw_value.encode() if isinstance(raw_value, str) else raw_value
         name = name.lower().strip()
         value = value.strip()
-        if name in _CONNECTION_FIELDS:
+        if name in CONNECTION_FIELDS:
             continue  # hop-by-hop: dropped, as h2 does
         if name in _CREDENTIALS or (name == b"cookie" and len(value) < _SHORT_COOKIE):
             header = NeverIndexedHeaderTuple(name, value)
@@ -67,21 +63,11 @@ def _check(headers: Iterable[Header | tuple[str, str]], *, trailer: bool) -> lis
             msg = "Header name with zero length."
             raise ProtocolError(msg)
         if name[0] == 0x3A:  # ":": a pseudo-header
-            if name in pseudo:
-                msg = f"Received duplicate pseudo-header field {name!r}"
-                raise ProtocolError(msg)
-            pseudo.add(name)
-            if seen_regular:
-                msg = f"Received pseudo-header field out of sequence: {name!r}"
-                raise ProtocolError(msg)
-            if name not in _PSEUDO_FIELDS:
-                msg = f"Received custom pseudo-header field {name!r}"
-                raise ProtocolError(msg)
+            add_pseudo_header(name, pseudo, after_regular=seen_regular)
         else:
             seen_regular = True
-            if name == b"te" and value.lower() != b"trailers":
-                msg = f"Invalid value for TE header: {value!r}"
-                raise ProtocolError(msg)
+            if name == b"te":
+                check_te(value)
 
     if trailer:
         if pseudo:
