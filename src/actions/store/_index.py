@@ -204,12 +204,18 @@ class Tx:
 
     # -- writes -------------------------------------------------------------------------
 
-    def _stamp(self, obj: KubeObject, kind: EventType, *, check_size: bool) -> Entry:
+    def _stamp(
+        self, obj: KubeObject, kind: EventType, *, check_size: bool, detach: bool = False
+    ) -> Entry:
+        """Encode ``obj`` as the next change. ``detach``: the event and the index get a
+        copy decoded from the stored JSON, so nothing kept is the caller's."""
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
         body = _meta.dumps(obj)
         if check_size:
             _meta.check_body_size(obj, body)
+        if detach:
+            obj = _meta.loads(body)
         entry = Entry.of(obj, body, self.rv)
         self.changes.append(Change(self.rv, kind, entry.name, entry.uid, body))
         self.events.append(obj)
@@ -222,12 +228,8 @@ class Tx:
         decoded from the stored JSON (one encoding, one decoding: the cheapest deep copy
         that also proves the value is plain JSON). Returns the entry and that copy, which
         stays the event's: build a next state from a shallow copy of it, never change it."""
-        stamped = self._stamp(obj, "ADDED", check_size=True)
-        stored = stamped.object()
-        # Nothing the index or the event keeps may be the caller's (its labels dict).
-        entry = Entry.of(stored, stamped.body, stamped.rv)
-        self.events[-1], self.entries[-1], self._overlay[entry.name] = stored, entry, entry
-        return entry, stored
+        entry = self._stamp(obj, "ADDED", check_size=True, detach=True)
+        return entry, self.events[-1]
 
     def replace(self, new: KubeObject, *, check_size: bool = False) -> KubeObject:
         """Store a new state of an existing object (MODIFIED). ``new`` becomes the event's:
