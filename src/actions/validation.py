@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import re
 from collections.abc import Iterable, Iterator
 from typing import Final, cast
@@ -109,9 +110,11 @@ def validate(message: Message) -> None:
         log.error("cannot validate %s: %s", message.DESCRIPTOR.name, exc)
         raise invalid("", f"request could not be validated ({exc})") from None
     problems += [(field_path(v), v.proto.message) for v in violations]
-    name = message.DESCRIPTOR.full_name
-    problems += _identifier_problems(message, _IDENTIFIERS.get(name, ()))
-    problems += _timestamp_problems(message, _TIMESTAMPS.get(name, ()))
+    screen = _screen(message.DESCRIPTOR)
+    if screen.may_have_problems(message):
+        name = message.DESCRIPTOR.full_name
+        problems += _identifier_problems(message, _IDENTIFIERS.get(name, ()))
+        problems += _timestamp_problems(message, _TIMESTAMPS.get(name, ()))
     if problems:
         raise _invalid_all(problems)
 
@@ -153,6 +156,46 @@ def _steps(descriptor: Descriptor, path: str) -> tuple[tuple[str, bool], ...]:
         steps.append((name, field.has_presence and field.message_type is not None))
         current = field.message_type
     return tuple(steps)
+
+
+class _Screen:
+    """A quick yes/no over a request type's identifiers and timestamps: one attribute read
+    per leaf and one regex search, run on every request; the field-naming passes below run
+    only when it says yes. Reading an unset message field gives its empty default, whose
+    strings are empty and whose timestamp is 0 (in range), so presence needs no check."""
+
+    def __init__(self, descriptor: Descriptor) -> None:
+        name = descriptor.full_name
+        strings: list[str] = []
+        for path in _IDENTIFIERS.get(name, ()):
+            *_, (_, is_message) = _steps(descriptor, path)
+            strings += [f"{path}.{part}" for part in _ACTION_ID_PARTS] if is_message else [path]
+        times = [f"{path}.{part}" for path in _TIMESTAMPS.get(name, ()) for part in _TS_PARTS]
+        self._strings = operator.attrgetter(*strings) if strings else None
+        self._times = operator.attrgetter(*times) if times else None
+
+    def may_have_problems(self, message: Message) -> bool:
+        if self._strings is not None:
+            values = self._strings(message)
+            text = "".join(values) if isinstance(values, tuple) else values
+            if _CONTROL.search(text):
+                return True
+        if self._times is not None:
+            values = self._times(message)
+            seconds, nanos = values[0::2], values[1::2]
+            if min(seconds) < MIN_TIMESTAMP_SECONDS or max(seconds) > MAX_TIMESTAMP_SECONDS:
+                return True
+            if min(nanos) < 0 or max(nanos) >= 1_000_000_000:
+                return True
+        return False
+
+
+_TS_PARTS: Final = ("seconds", "nanos")
+
+
+@functools.cache
+def _screen(descriptor: Descriptor) -> _Screen:
+    return _Screen(descriptor)
 
 
 def _identifier_problems(message: Message, paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
