@@ -6,8 +6,11 @@ on (Enqueue: QUEUED, ALREADY_EXISTS, NOT_FOUND parent; Update: terminal phases f
 older attempt refused, ``output_uri`` ending in the attempt number; WatchForUpdates:
 subscribe, snapshot of the parent and its direct children, sentinel, then live updates
 of the children, merged per action, a stream that falls more than 100 actions behind
-ended with UNAVAILABLE), with plain dicts for state and no durability at all: the
-fastest this contract gets on connect-python, what our service is measured against.
+ended with UNAVAILABLE; every request checked against the IDL's protovalidate rules,
+INVALID_ARGUMENT when it breaks one), with plain dicts for state and no durability at
+all: the fastest this contract gets on connect-python, what our service is measured
+against. ``BENCH_OFFICIAL_VALIDATE=0`` in its environment skips the request checks (how
+the figures before 2026-12-03's fourth pass were taken).
 
 The Connect stubs are generated on first use with ``protoc-gen-connectrpc`` from
 flyteidl2's own descriptors (the copy flyteidl2 ships targets connectrpc <= 0.10) and
@@ -99,6 +102,24 @@ def load_stubs() -> ModuleType:
     return module
 
 
+VALIDATE = os.environ.get("BENCH_OFFICIAL_VALIDATE", "1") != "0"
+
+
+def check(request: Any) -> None:
+    """The contract's INVALID_ARGUMENT for a request that breaks the IDL's rules."""
+    if not VALIDATE:
+        return
+    import protovalidate
+    from connectrpc.code import Code
+    from connectrpc.errors import ConnectError
+
+    violations = protovalidate.collect_violations(request)
+    if violations:
+        first = violations[0].proto
+        path = ".".join(e.field_name for e in first.field.elements)
+        raise ConnectError(Code.INVALID_ARGUMENT, f"{path}: {first.message}")
+
+
 def key_of(action_id: Any) -> Key:
     r = action_id.run
     return (r.org, r.project, r.domain, r.name, action_id.name)
@@ -168,6 +189,8 @@ class Service:
         from connectrpc.code import Code
         from connectrpc.errors import ConnectError
 
+        check(request)
+
         action = request.action
         key = key_of(action.action_id)
         if key in self.actions:
@@ -186,6 +209,8 @@ class Service:
         from connectrpc.code import Code
         from connectrpc.errors import ConnectError
 
+        check(request)
+
         rec = self._get(request.action_id)
         status = request.status
         phase = status.phase or rec.phase
@@ -202,6 +227,7 @@ class Service:
         return pb.UpdateResponse()
 
     async def abort(self, request: pb.AbortRequest, ctx: Any) -> pb.AbortResponse:
+        check(request)
         rec = self._get(request.action_id)
         stack = [rec]
         while stack:
@@ -214,6 +240,7 @@ class Service:
         return pb.AbortResponse()
 
     async def signal(self, request: pb.SignalRequest, ctx: Any) -> pb.SignalResponse:
+        check(request)
         rec = self._get(request.action_id)
         if rec.phase not in TERMINAL:
             rec.phase = P.ACTION_PHASE_SUCCEEDED
@@ -226,6 +253,7 @@ class Service:
         from connectrpc.code import Code
         from connectrpc.errors import ConnectError
 
+        check(request)
         scope = key_of(request.parent_action_id)
         sub = Subscriber()  # subscribe, then read: no await in between
         self.watchers.setdefault(scope, set()).add(sub)

@@ -3,8 +3,11 @@
 For each N: a fresh ``actions-service serve`` (default durable store), N roots
 enqueued, then N WatchForUpdates streams opened at once by a separate grpcio process
 (100 streams per connection) and timed until every one has its snapshot and sentinel;
-RSS growth per open stream; RSS left after they closed; with ``--cycles 2`` or more the
-same streams are opened again, to tell memory kept (a leak) from memory reused.
+the server's CPU time per stream opened (the client shares the machine's cores, so the
+wall time can grow with the client's work; the server's CPU per stream shows whether the
+service's own work is linear); RSS growth per open stream; RSS left after they
+closed; with ``--cycles 2`` or more the same streams are opened again, to tell memory
+kept (a leak) from memory reused.
 
     python bench/watch_open_scaling.py                       # 1,000 and 10,000, ~3 min
     python bench/watch_open_scaling.py --streams 1000,5000 --cycles 3
@@ -27,9 +30,9 @@ import side_by_side as sbs
 import watch_fanout as wf
 
 
-async def measure(streams: int, cycles: int) -> list[tuple[float, int, int]]:
-    """(seconds to open and sync, RSS KiB while open, RSS KiB after close) per cycle,
-    RSS relative to the server after the roots were enqueued."""
+async def measure(streams: int, cycles: int) -> list[tuple[float, float, int, int]]:
+    """(seconds to open and sync, server CPU seconds for that, RSS KiB while open, RSS
+    KiB after close) per cycle, RSS relative to the server after the roots were enqueued."""
     with tempfile.TemporaryDirectory() as workdir:
         server = sbs.start("ours", Path(workdir))
         try:
@@ -49,14 +52,16 @@ async def measure(streams: int, cycles: int) -> list[tuple[float, int, int]]:
                 base = sbs.rss_kib(server.pid)
                 results = []
                 for _ in range(cycles):
+                    cpu_before = sbs.cpu_seconds(server.pid)
                     _, opened, seconds = await watchers.call("open", server.target, parents, 1, 100)
                     if opened != streams:
                         raise RuntimeError(f"only {opened} of {streams} streams opened")
+                    cpu = sbs.cpu_seconds(server.pid) - cpu_before
                     await asyncio.sleep(1)
                     during = sbs.rss_kib(server.pid) - base
                     await watchers.call("close")
                     await asyncio.sleep(2)
-                    results.append((seconds, during, sbs.rss_kib(server.pid) - base))
+                    results.append((seconds, cpu, during, sbs.rss_kib(server.pid) - base))
                 return results
             finally:
                 watchers.stop()
@@ -74,15 +79,19 @@ def main() -> None:
     args = ap.parse_args()
     counts = [int(n) for n in args.streams.split(",")]
     first: tuple[int, float] | None = None
-    print("streams  cycle  open+sync s  x first  KiB/stream open  KiB kept after close")
+    print(
+        "streams  cycle  open+sync s  x first  server CPU ms/stream  KiB/stream open"
+        "  KiB kept after close"
+    )
     for n in counts:
-        for cycle, (seconds, during, after) in enumerate(asyncio.run(measure(n, args.cycles))):
+        cycles = asyncio.run(measure(n, args.cycles))
+        for cycle, (seconds, cpu, during, after) in enumerate(cycles):
             if first is None:
                 first = (n, seconds)
             scale = seconds / first[1]
             print(
                 f"{n:7d}  {cycle + 1:5d}  {seconds:11.2f}  {scale:7.1f}  "
-                f"{during / n:15.1f}  {after:20,d}"
+                f"{1000 * cpu / n:19.3f}  {during / n:15.1f}  {after:20,d}"
             )
     if first is not None and len(counts) > 1:
         print(f"(linear would be x{counts[-1] / first[0]:.0f} for {counts[-1]:,} streams)")
