@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Callable
+from types import SimpleNamespace
+
 import httpx
 import trio
 from asgi_driver import call_app
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
 from proto_calls import CONNECT_STREAM, CONNECT_UNARY, GRPC, SVC, call
 from testsvc.v1 import test_pb2
 from testsvc_impl import TEST_SERVICE, TestServiceImpl
 
+from connect_proto import Code
 from connect_proto._app.app import ConnectApp
-from connect_proto._extras.metrics import RpcMetrics, metrics_app
+from connect_proto._extras.metrics import DEFAULT_BUCKETS, RpcMetrics, metrics_app
+from connect_proto._hooks import CallOutcome
 from connect_proto._server.serve import make_config, serve
+from connect_proto._service import RpcRoute
 
 
 def make() -> tuple[ConnectApp, CollectorRegistry]:
@@ -112,3 +121,64 @@ async def test_metrics_over_a_socket(nursery: trio.Nursery) -> None:
 def test_registries_are_not_shared() -> None:
     first, second = RpcMetrics(), RpcMetrics()
     assert first.registry is not second.registry
+
+
+def _library_metrics(registry: CollectorRegistry) -> Callable[[RpcRoute, str, CallOutcome], None]:
+    """The same series with prometheus_client's own Counter, Gauge and Histogram."""
+    labels = ("method", "protocol")
+    started = Counter("rpc_server_started", "RPCs accepted.", labels, registry=registry)
+    handled = Counter(
+        "rpc_server_handled", "RPCs completed, by status code.", (*labels, "code"),
+        registry=registry,
+    )  # fmt: skip
+    duration = Histogram(
+        "rpc_server_handling_seconds", "RPC duration from acceptance to the final status.",
+        labels, buckets=DEFAULT_BUCKETS, registry=registry,
+    )  # fmt: skip
+    open_streams = Gauge(
+        "rpc_server_open_streams", "Response streams open now.", labels, registry=registry
+    )
+    received = Counter(
+        "rpc_server_messages_received", "Request messages received.", labels, registry=registry
+    )
+    sent = Counter("rpc_server_messages_sent", "Response messages sent.", labels, registry=registry)
+
+    def one_call(route: RpcRoute, protocol: str, outcome: CallOutcome) -> None:
+        key = (route.path, protocol)
+        started.labels(*key).inc()
+        duration.labels(*key).observe(outcome.duration)
+        received.labels(*key).inc(outcome.messages_received)
+        sent.labels(*key).inc(outcome.messages_sent)
+        open_streams.labels(*key).inc(0)
+        handled.labels(*key, outcome.code_name).inc()
+
+    return one_call
+
+
+def test_the_series_read_as_the_client_librarys_own_types_would() -> None:
+    # RpcMetrics keeps plain numbers and builds its series when scraped; what a scrape
+    # reads must be what Counter, Gauge and Histogram give for the same calls (bucket
+    # edges included: a duration equal to a bound counts in that bound's bucket).
+    ours, reference = RpcMetrics(), CollectorRegistry()
+    library = _library_metrics(reference)
+    rng = random.Random(7)
+    routes = list(ConnectApp([(TEST_SERVICE, TestServiceImpl())]).dispatcher.routes.values())
+    durations = [*DEFAULT_BUCKETS, 0.0, 0.00049, 61.0]
+    for _ in range(2000):
+        route = rng.choice(routes)
+        ctx = SimpleNamespace(protocol=rng.choice(["grpc", "connect", "grpc-web"]))
+        outcome = CallOutcome(
+            code=rng.choice([None, Code.NOT_FOUND, Code.INTERNAL]),
+            duration=rng.choice([*durations, rng.random() * 3]),
+            messages_received=rng.randint(0, 3),
+            messages_sent=rng.randint(0, 3),
+        )
+        ours.call_started(route, ctx)  # type: ignore[arg-type]
+        ours.call_finished(route, ctx, outcome)  # type: ignore[arg-type]
+        library(route, ctx.protocol, outcome)
+
+    def scrape(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(re.sub(r"(_created\S*) \S+$", r"\1 T", line) for line in text.splitlines())
+
+    assert scrape(ours.registry) == scrape(reference)

@@ -23,11 +23,23 @@ application adds its own metrics to it and tests never share state::
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+import bisect
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from connect_proto._app.limits import STREAMING_KINDS
 from connect_proto._context import RequestContext
@@ -60,9 +72,27 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class _Series:
+    """One (method, protocol)'s numbers, kept as plain numbers: the observer runs on the
+    event loop's thread only, so it needs none of the client library's per-increment
+    locks; the collector reads them when scraped."""
+
+    __slots__ = ("buckets", "created", "open_streams", "received", "sent", "started", "sum")
+
+    def __init__(self, bucket_count: int) -> None:
+        self.created = time.time()
+        self.started = 0
+        self.open_streams = 0
+        self.received = 0
+        self.sent = 0
+        self.buckets = [0] * bucket_count  # per bucket, not cumulative; the last is +Inf
+        self.sum = 0.0
+
+
 class RpcMetrics:
-    """The metrics observer. Label children are cached per (method, protocol), so a call
-    costs a dict lookup and a few increments, not a ``labels()`` resolution."""
+    """The metrics observer. A call costs a dict lookup and a few additions to plain
+    numbers (``_Series``); the series are built when the registry is scraped, in the
+    same text the client library's own Counter, Gauge and Histogram would give."""
 
     def __init__(
         self,
@@ -72,65 +102,89 @@ class RpcMetrics:
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
-        labels = ("method", "protocol")
-        reg = self.registry
-        self.started = Counter(f"{prefix}_started", "RPCs accepted.", labels, registry=reg)
-        self.handled = Counter(
-            f"{prefix}_handled", "RPCs completed, by status code.", (*labels, "code"), registry=reg
-        )
-        self.duration = Histogram(
-            f"{prefix}_handling_seconds",
-            "RPC duration from acceptance to the final status.",
-            labels,
-            buckets=tuple(buckets),
-            registry=reg,
-        )
-        self.open_streams = Gauge(
-            f"{prefix}_open_streams", "Response streams open now.", labels, registry=reg
-        )
-        self.received = Counter(
-            f"{prefix}_messages_received", "Request messages received.", labels, registry=reg
-        )
-        self.sent = Counter(
-            f"{prefix}_messages_sent", "Response messages sent.", labels, registry=reg
-        )
-        self._children: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self._handled: dict[tuple[str, str, str], Any] = {}
+        self._prefix = prefix
+        self._bounds = tuple(float(b) for b in buckets)
+        if list(self._bounds) != sorted(set(self._bounds)):
+            raise ValueError("histogram buckets must be increasing")
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._handled: dict[tuple[str, str, str], list[float]] = {}  # [count, created]
+        self.registry.register(_Collector(self))
 
-    def _for(self, method: str, protocol: str) -> tuple[Any, ...]:
+    def _for(self, method: str, protocol: str) -> _Series:
         key = (method, protocol)
-        children = self._children.get(key)
-        if children is None:
-            children = (
-                self.started.labels(method, protocol),
-                self.duration.labels(method, protocol),
-                self.open_streams.labels(method, protocol),
-                self.received.labels(method, protocol),
-                self.sent.labels(method, protocol),
-            )
-            self._children[key] = children
-        return children
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(len(self._bounds) + 1)
+        return series
 
     def call_started(self, route: RpcRoute, ctx: RequestContext) -> None:
-        started, _, open_streams, _, _ = self._for(route.path, ctx.protocol)
-        started.inc()
+        series = self._for(route.path, ctx.protocol)
+        series.started += 1
         if route.kind in STREAMING_KINDS:
-            open_streams.inc()
+            series.open_streams += 1
 
     def call_finished(self, route: RpcRoute, ctx: RequestContext, outcome: CallOutcome) -> None:
-        _, duration, open_streams, received, sent = self._for(route.path, ctx.protocol)
+        series = self._for(route.path, ctx.protocol)
         if route.kind in STREAMING_KINDS:
-            open_streams.dec()
-        duration.observe(outcome.duration)
-        if outcome.messages_received:
-            received.inc(outcome.messages_received)
-        if outcome.messages_sent:
-            sent.inc(outcome.messages_sent)
+            series.open_streams -= 1
+        # Prometheus buckets are "less than or equal": the first bound >= the duration.
+        series.buckets[bisect.bisect_left(self._bounds, outcome.duration)] += 1
+        series.sum += outcome.duration
+        series.received += outcome.messages_received
+        series.sent += outcome.messages_sent
         key = (route.path, ctx.protocol, outcome.code_name)
         handled = self._handled.get(key)
         if handled is None:
-            handled = self._handled[key] = self.handled.labels(*key)
-        handled.inc()
+            handled = self._handled[key] = [0, time.time()]
+        handled[0] += 1
+
+
+# The ``le`` text the client library gives a bound (Go's float formatting).
+_bound_label = cast(Callable[[float], str], floatToGoString)
+
+
+class _Collector(Collector):
+    """Builds RpcMetrics' series at scrape time."""
+
+    def __init__(self, metrics: RpcMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        prefix, labels = m._prefix, ["method", "protocol"]
+        started = CounterMetricFamily(f"{prefix}_started", "RPCs accepted.", labels=labels)
+        handled = CounterMetricFamily(
+            f"{prefix}_handled", "RPCs completed, by status code.", labels=[*labels, "code"]
+        )
+        duration = HistogramMetricFamily(
+            f"{prefix}_handling_seconds",
+            "RPC duration from acceptance to the final status.",
+            labels=labels,
+        )
+        open_streams = GaugeMetricFamily(
+            f"{prefix}_open_streams", "Response streams open now.", labels=labels
+        )
+        received = CounterMetricFamily(
+            f"{prefix}_messages_received", "Request messages received.", labels=labels
+        )
+        sent = CounterMetricFamily(
+            f"{prefix}_messages_sent", "Response messages sent.", labels=labels
+        )
+        bounds = [*(_bound_label(b) for b in m._bounds), "+Inf"]
+        for key, series in list(m._series.items()):
+            values = list(key)
+            started.add_metric(values, series.started, created=series.created)
+            received.add_metric(values, series.received, created=series.created)
+            sent.add_metric(values, series.sent, created=series.created)
+            open_streams.add_metric(values, series.open_streams)
+            cumulative = list(itertools.accumulate(series.buckets))
+            duration.add_metric(values, list(zip(bounds, cumulative, strict=True)), series.sum)
+            # (the family's add_metric takes no creation time; Histogram's own has one)
+            named = dict(zip(labels, values, strict=True))
+            duration.samples.append(Sample(f"{duration.name}_created", named, series.created))
+        for handled_key, (count, created) in list(m._handled.items()):
+            handled.add_metric(list(handled_key), count, created=created)
+        yield from (started, handled, duration, open_streams, received, sent)
 
 
 def metrics_app(
