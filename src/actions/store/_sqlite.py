@@ -1,15 +1,15 @@
 """SQLite plumbing for the embedded store: connections, schema, and the write transaction.
 
-Thread model: a ``sqlite3.Connection`` is used by one thread at a time. Each connection is
-paired with its own ``trio.CapacityLimiter(1)`` and only ever touched inside
-``trio.to_thread.run_sync(..., limiter=that_limiter)``, so calls on it are serialised and
-never run on the trio thread. A file-backed store has two connections: the writer (SQLite
+Thread model: a ``sqlite3.Connection`` is used by one thread at a time. Each connection
+has its own OS thread (``_thread.WorkerThread``) and is only ever touched there, so calls
+on it are serialised, in the order made, and never run on the trio thread. A file-backed
+store has two connections: the writer (SQLite
 admits one writer anyway; serialising in-process avoids busy-waiting on our own lock) and a
 reader (WAL lets it read a consistent snapshot while the writer commits/fsyncs). A
 memory-only store has a single connection for both roles, because a private ``:memory:``
 database cannot be opened twice.
 
-Everything below ``Connection`` is synchronous and runs in those worker threads.
+Everything below ``Connection`` is synchronous and runs in those threads.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import trio
-
+from actions.store._thread import WorkerThread
 from actions.store.base import EventType
 from actions.store.errors import Gone, StoreUnavailable
 
@@ -66,17 +66,18 @@ UPDATE meta SET value = 2 WHERE key = 'schema';
 
 
 class Connection:
-    """One sqlite3 connection plus the limiter that confines it to one thread at a time."""
+    """One sqlite3 connection and the thread that alone uses it. Created inside trio.run."""
 
-    def __init__(self, conn: sqlite3.Connection, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, conn: sqlite3.Connection, role: str) -> None:
         self._conn: sqlite3.Connection | None = conn
-        self._limiter = limiter
+        self._thread = WorkerThread(f"sqlite {role}")
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        # abandon_on_cancel=False (the default): a write that started is waited for, so the
-        # caller never loses track of whether it committed, and the limiter is only freed
-        # once the thread is really done with the connection.
-        return await trio.to_thread.run_sync(self._call, fn, limiter=self._limiter)
+        # A call that started is waited for even if the caller is cancelled (WorkerThread),
+        # so the caller never loses track of whether a write committed.
+        if self._thread.stopped:
+            raise StoreUnavailable("the store is closed")
+        return await self._thread.run(partial(self._call, fn))
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
@@ -88,7 +89,10 @@ class Connection:
             raise StoreUnavailable(f"sqlite: {exc}") from exc
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self._close, limiter=self._limiter)
+        try:
+            await self._thread.run(self._close)
+        finally:
+            await self._thread.stop()
 
     def _close(self) -> None:
         if self._conn is not None:

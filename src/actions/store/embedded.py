@@ -164,13 +164,13 @@ class EmbeddedStore:
         if data_dir is None:
             conn = _sqlite.connect(None, synchronous)
             _sqlite.init_schema(conn)
-            writer = reader = Connection(conn, trio.CapacityLimiter(1))
+            writer = reader = Connection(conn, "memory")
         else:
             path = Path(data_dir) / f"{namespace}.sqlite3"
             # File I/O and possibly a wait for another process's lock: off the trio thread.
             write_conn, read_conn = await trio.to_thread.run_sync(_open_files, path, synchronous)
-            writer = Connection(write_conn, trio.CapacityLimiter(1))
-            reader = Connection(read_conn, trio.CapacityLimiter(1))
+            writer = Connection(write_conn, "writer")
+            reader = Connection(read_conn, "reader")
         store = cls(
             namespace=namespace,
             writer=writer,
