@@ -19,14 +19,18 @@ from pathlib import Path
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # protovalidate's evaluation is native: its time shows in the Python frame calling it.
     ("request validation", ("/protovalidate/", "/actions/validation.py")),
+    (
+        "metrics and access log",
+        ("/prometheus_client/", "/logging/", "/_extras/metrics.py", "/_extras/logs.py"),
+    ),
     ("service: handler, store, fan-out", ("/actions/", "official_actions", "/orjson", "sqlite3")),
-    ("RPC layer (connect_proto._app / connectrpc)", ("/connect_proto/_app/", "/connectrpc/")),
-    ("HTTP server (hypercorn, connect_proto._server)", ("/hypercorn/", "/connect_proto/")),
+    ("HTTP server (hypercorn, connect_proto._server)", ("/hypercorn/", "/connect_proto/_server/")),
+    ("RPC layer (connect_proto / connectrpc)", ("/connect_proto/", "/connectrpc/")),
     ("HTTP/2 (h2, hpack, hyperframe, priority)", ("/h2/", "/hpack/", "/hyperframe/", "/priority/")),
     ("event loop (trio / asyncio)", ("/trio/", "/asyncio/")),
     ("protobuf", ("/google/protobuf/",)),
 ]
-OTHER = "other (logging, metrics, stdlib)"
+OTHER = "other (stdlib)"
 
 # Leaf frames of a thread that is waiting, not working.
 _WAITING = ("epoll", "_thread_cache.py:211", "selectors.py", "threading.py")
@@ -35,7 +39,9 @@ _WAITING = ("epoll", "_thread_cache.py:211", "selectors.py", "threading.py")
 def record(pid: int, out: Path) -> subprocess.Popen[bytes]:
     """py-spy on ``pid`` and its threads until SIGINT (it writes ``out`` then)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    argv = [spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "-r", "250"]
+    # Blocking (the default): py-spy pauses the process per sample, so a stack is never
+    # torn; the CPU per call it is multiplied with comes from rounds run without it.
+    argv = [spy, "record", "--subprocesses", "--format", "raw", "-r", "250"]
     return subprocess.Popen(
         [*argv, "-o", str(out), "-p", str(pid)],
         stdout=subprocess.DEVNULL,

@@ -7,7 +7,8 @@ Three servers, each in its own process on 127.0.0.1:
   data directory; a write is in the WAL before it is answered, so it survives kill -9) and
   default settings;
 - ``official``: bench/official_actions.py, the same contract on the official
-  ``connectrpc`` server (hypercorn's asyncio worker), state in dicts, no durability;
+  ``connectrpc`` server (hypercorn's asyncio worker), requests checked with protovalidate
+  as ours are, state in dicts, no durability;
 - ``bare``: an ASGI app that answers at once, on stock hypercorn's trio worker: the
   ceiling of the transport ours runs on.
 
