@@ -32,8 +32,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 OTHER = "other (stdlib)"
 
-# Leaf frames of a thread that is waiting, not working.
-_WAITING = ("epoll", "_thread_cache.py:211", "selectors.py", "threading.py")
+# Leaf frames of a thread that is waiting, not working (py-spy samples a thread blocked
+# in C, such as a lock or a queue, at the Python line that called it).
+_WAITING = (
+    "epoll",
+    "_thread_cache.py:211",  # trio's idle pool thread
+    "WorkerThread._serve (actions/store/_thread.py",  # the store's thread, between calls
+    "selectors.py",
+    "threading.py",
+)
 
 
 def record(pid: int, out: Path) -> subprocess.Popen[bytes]:
