@@ -10,7 +10,10 @@ the handler's task per call, and a lock per request):
   HEADERS and its DATA, the app found no body yet and slept again, and the
   ``http.disconnect`` put after the response cost the finished app one more turn.
   ``RpcTaskGroup`` puts and takes without yielding when that cannot block, and waits
-  exactly as before when it must (a full channel, an empty one).
+  exactly as before when it must (a full queue, an empty one). Its queue is an
+  ``AppInbox``, not a memory channel: a channel is three objects with their own
+  bookkeeping per request, built and dropped on every call (about 2 % of a small call's
+  CPU, docs/benchmarks.md, fourth pass), for a queue with one reader.
 - ``TrioSingleTask`` (the keep-alive timer) takes a ``trio.Lock`` on every ``stop``,
   and the server stops the timer on every new request. ``KeepAliveTimer.stop`` only
   cancels a scope: no lock, no turn.
@@ -18,9 +21,11 @@ the handler's task per call, and a lock per request):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import outcome
 import trio
 from hypercorn.config import Config
 from hypercorn.trio.task_group import TaskGroup, _handle
@@ -29,8 +34,61 @@ from hypercorn.typing import AppWrapper, ASGIReceiveEvent, ASGISendEvent, Scope
 AppPut = Callable[[ASGIReceiveEvent], Awaitable[None]]
 
 
+class AppInbox:
+    """The events on their way to one app (request body, disconnect): a FIFO of at most
+    ``limit``, what hypercorn's memory channel was. A take or put that need not wait
+    does not yield; a take waiting for an event is handed the next one directly; a put
+    into a full inbox waits for room (with ``limit`` 0, for a taker), oldest first. A
+    cancelled wait leaves nothing behind."""
+
+    __slots__ = ("_events", "_limit", "_putters", "_takers")
+
+    def __init__(self, limit: int) -> None:
+        self._events: deque[ASGIReceiveEvent] = deque()
+        self._limit = limit
+        self._takers: deque[trio.lowlevel.Task] = deque()
+        self._putters: deque[tuple[trio.lowlevel.Task, ASGIReceiveEvent]] = deque()
+
+    async def take(self) -> ASGIReceiveEvent:
+        if self._events:
+            event = self._events.popleft()
+            if self._putters:  # room now: the oldest waiting put goes in
+                putter, pending = self._putters.popleft()
+                self._events.append(pending)
+                trio.lowlevel.reschedule(putter)
+            return event
+        if self._putters:  # a zero-size inbox: take straight from a waiting put
+            putter, event = self._putters.popleft()
+            trio.lowlevel.reschedule(putter)
+            return event
+        task = trio.lowlevel.current_task()
+        self._takers.append(task)
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            self._takers.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        handed: ASGIReceiveEvent = await trio.lowlevel.wait_task_rescheduled(abort)
+        return handed
+
+    async def put(self, event: ASGIReceiveEvent) -> None:
+        if self._takers:
+            trio.lowlevel.reschedule(self._takers.popleft(), outcome.Value(event))
+        elif len(self._events) < self._limit:
+            self._events.append(event)
+        else:  # the app is not reading: wait, as hypercorn does
+            entry = (trio.lowlevel.current_task(), event)
+            self._putters.append(entry)
+
+            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+                self._putters.remove(entry)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class RpcTaskGroup(TaskGroup):
-    """hypercorn's trio ``TaskGroup`` whose app channel yields only when it must wait."""
+    """hypercorn's trio ``TaskGroup`` with an ``AppInbox`` between server and app."""
 
     async def spawn_app(
         self,
@@ -39,20 +97,7 @@ class RpcTaskGroup(TaskGroup):
         scope: Scope,
         send: Callable[[ASGISendEvent | None], Awaitable[None]],
     ) -> AppPut:
-        to_app, from_server = trio.open_memory_channel[ASGIReceiveEvent](config.max_app_queue_size)
-
-        async def receive() -> ASGIReceiveEvent:
-            try:
-                return from_server.receive_nowait()
-            except trio.WouldBlock:
-                return await from_server.receive()
-
-        async def put(event: ASGIReceiveEvent) -> None:
-            try:
-                to_app.send_nowait(event)
-            except trio.WouldBlock:
-                await to_app.send(event)  # the app is not reading: wait, as hypercorn does
-
+        inbox = AppInbox(config.max_app_queue_size)
         nursery = self._nursery
         assert nursery is not None
         nursery.start_soon(
@@ -60,12 +105,12 @@ class RpcTaskGroup(TaskGroup):
             app,
             config,
             scope,
-            receive,
+            inbox.take,
             send,
             trio.to_thread.run_sync,
             trio.from_thread.run,
         )
-        return put
+        return inbox.put
 
 
 class KeepAliveTimer:
@@ -117,4 +162,4 @@ async def _cancellable(
         await action()
 
 
-__all__ = ["KeepAliveTimer", "RpcTaskGroup"]
+__all__ = ["AppInbox", "KeepAliveTimer", "RpcTaskGroup"]
