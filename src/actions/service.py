@@ -317,6 +317,9 @@ class ActionsService:
                 send_many = partial(_send_each, send)
             snapshot.append(objects.SENTINEL)
             await send_many(snapshot)
+            # Not held while the stream waits for changes (for its whole life): a parent
+            # with many children made every one of its watchers keep a copy.
+            del snapshot
             while True:
                 await send_many(await sub.next_batch())
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from actions_harness import (
     DOMAIN,
     ORG,
@@ -894,6 +896,32 @@ async def test_watch_snapshot_is_parent_and_direct_children_then_sentinel(env: E
     assert messages[-1].control_message.sentinel is True
     names = sorted(m.action_update.action_id.name for m in messages[:-1])
     assert names == ["a0", "c1", "c2", "c3"]
+
+
+async def test_a_watch_does_not_hold_its_snapshot_while_it_waits_for_changes() -> None:
+    # Every watcher of a parent with many children kept its whole snapshot for its life.
+    async with open_env("direct") as env:
+        await env.client.enqueue(task_req(aid("a0")))
+        for n in range(20):
+            await env.client.enqueue(task_req(aid(f"c{n}"), parent="a0"))
+        batches: list[list[Any]] = []
+
+        class Send:
+            async def __call__(self, message: Any) -> None:
+                batches.append([message])
+
+            async def many(self, messages: list[Any]) -> None:
+                batches.append(messages)
+
+        ctx = env.client._ctx("WatchForUpdates")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(env.service.watch_for_updates, watch_req(aid("a0")), ctx, Send())
+            await trio.testing.wait_all_tasks_blocked()
+            (snapshot,) = batches
+            assert len(snapshot) == 22  # the parent, 20 children, the sentinel
+            # Held by ``batches``, this name and getrefcount's argument: not by the handler.
+            assert sys.getrefcount(snapshot) == 3
+            nursery.cancel_scope.cancel()
 
 
 async def test_watch_missing_parent_gets_empty_snapshot_and_stays_open(env: Env) -> None:

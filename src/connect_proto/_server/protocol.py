@@ -127,21 +127,60 @@ class ServerOptions:
 class BoundedStreamBuffer(StreamBuffer):
     """hypercorn's per-stream send buffer, whose ``push`` waits while more than
     ``STREAM_BUFFER_LIMIT`` bytes are buffered (until the send task takes them, or the
-    buffer is closed) rather than until the send task merely looks (issue 13)."""
+    buffer is closed) rather than until the send task merely looks (issue 13).
+
+    hypercorn's keeps two events per stream and replaces one with a new one on every
+    push; a buffer lives as long as its stream (an idle watch included). Here the two
+    states are flags, and an event is made only while the app waits on one (``drain``
+    for the end of a response, ``push`` for room): the same waits, woken by the same
+    ``pop`` and ``close``."""
+
+    def __init__(self, event_class: object = None) -> None:
+        # (hypercorn's __init__ is not called: it would make the two events. The
+        # argument is there for hypercorn's signature; no event class is used.)
+        self.buffer = bytearray()
+        self._complete = False
+        self._emptied = False  # hypercorn's _is_empty: set by pop emptying it, and close
+        self._changed: trio.Event | None = None  # while the app waits on the state
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
+
+    async def drain(self) -> None:
+        if self._emptied:
+            await trio.lowlevel.checkpoint()  # as waiting on a set event does
+        while not self._emptied:
+            await self._wait_change()
+
+    async def close(self) -> None:
+        self._complete = True
+        self.buffer = bytearray()
+        self._emptied = True
+        self._notify()
 
     async def push(self, data: bytes) -> None:
         if self._complete:
             raise BufferCompleteError()
         self.buffer.extend(data)
-        await self._is_empty.clear()
+        self._emptied = False
         while len(self.buffer) >= STREAM_BUFFER_LIMIT and not self._complete:
-            await self._paused.wait()
-            await self._paused.clear()
+            await self._wait_change()
 
     async def pop(self, max_length: int) -> bytes:
-        data = await super().pop(max_length)
+        length = min(len(self.buffer), max_length)
+        data = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        if not self.buffer:
+            self._emptied = True
         if len(self.buffer) < STREAM_BUFFER_LIMIT:
-            await self._paused.set()
+            self._notify()  # room for a waiting push, or the end a drain waits for
         return data
 
 
@@ -331,7 +370,7 @@ class RpcH2Protocol(H2Protocol):
     async def _create_stream(self, request: h2.events.RequestReceived) -> None:
         await super()._create_stream(request)
         # Nothing was pushed yet: the app task has not run (no checkpoint since).
-        self.stream_buffers[request.stream_id] = BoundedStreamBuffer(self.context.event_class)
+        self.stream_buffers[request.stream_id] = BoundedStreamBuffer()
 
     async def _reset_if_unfinished(self, stream_id: int) -> None:
         """The app is done with a stream whose response did not end (abandoned at a

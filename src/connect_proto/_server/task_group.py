@@ -21,7 +21,6 @@ the handler's task per call, and a lock per request):
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,33 +38,40 @@ class AppInbox:
     ``limit``, what hypercorn's memory channel was. A take or put that need not wait
     does not yield; a take waiting for an event is handed the next one directly; a put
     into a full inbox waits for room (with ``limit`` 0, for a taker), oldest first. A
-    cancelled wait leaves nothing behind."""
+    cancelled wait leaves nothing behind.
+
+    Plain lists, the waiting ones made only when someone waits: an inbox lives as long
+    as its stream, and holds zero to two events at a time (a deque is a 64-slot block).
+    """
 
     __slots__ = ("_events", "_limit", "_putters", "_takers")
 
     def __init__(self, limit: int) -> None:
-        self._events: deque[ASGIReceiveEvent] = deque()
+        self._events: list[ASGIReceiveEvent] = []
         self._limit = limit
-        self._takers: deque[trio.lowlevel.Task] = deque()
-        self._putters: deque[tuple[trio.lowlevel.Task, ASGIReceiveEvent]] = deque()
+        self._takers: list[trio.lowlevel.Task] | None = None
+        self._putters: list[tuple[trio.lowlevel.Task, ASGIReceiveEvent]] | None = None
 
     async def take(self) -> ASGIReceiveEvent:
         if self._events:
-            event = self._events.popleft()
+            event = self._events.pop(0)
             if self._putters:  # room now: the oldest waiting put goes in
-                putter, pending = self._putters.popleft()
+                putter, pending = self._putters.pop(0)
                 self._events.append(pending)
                 trio.lowlevel.reschedule(putter)
             return event
         if self._putters:  # a zero-size inbox: take straight from a waiting put
-            putter, event = self._putters.popleft()
+            putter, event = self._putters.pop(0)
             trio.lowlevel.reschedule(putter)
             return event
         task = trio.lowlevel.current_task()
-        self._takers.append(task)
+        takers = self._takers
+        if takers is None:
+            takers = self._takers = []
+        takers.append(task)
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            self._takers.remove(task)
+            takers.remove(task)
             return trio.lowlevel.Abort.SUCCEEDED
 
         handed: ASGIReceiveEvent = await trio.lowlevel.wait_task_rescheduled(abort)
@@ -73,15 +79,18 @@ class AppInbox:
 
     async def put(self, event: ASGIReceiveEvent) -> None:
         if self._takers:
-            trio.lowlevel.reschedule(self._takers.popleft(), outcome.Value(event))
+            trio.lowlevel.reschedule(self._takers.pop(0), outcome.Value(event))
         elif len(self._events) < self._limit:
             self._events.append(event)
         else:  # the app is not reading: wait, as hypercorn does
             entry = (trio.lowlevel.current_task(), event)
-            self._putters.append(entry)
+            putters = self._putters
+            if putters is None:
+                putters = self._putters = []
+            putters.append(entry)
 
             def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                self._putters.remove(entry)
+                putters.remove(entry)
                 return trio.lowlevel.Abort.SUCCEEDED
 
             await trio.lowlevel.wait_task_rescheduled(abort)
