@@ -258,6 +258,43 @@ async def test_schema_1_files_are_migrated(tmp_path: Path) -> None:
     assert "labels" not in tables and "owners" not in tables
 
 
+async def test_schema_2_files_are_migrated_with_their_objects(tmp_path: Path) -> None:
+    # Version 2 kept objects in a WITHOUT ROWID table; version 3 in a rowid table with a
+    # unique name. The objects, the log and the resourceVersion carry over.
+    path = tmp_path / "flyte.sqlite3"
+    store = await open_file_store(tmp_path)
+    try:
+        for name in ("a", "b"):
+            await store.create(action(name))
+        before = {name: await store.get(name) for name in ("a", "b")}
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:  # back to version 2's table, same rows
+        conn.executescript(
+            "CREATE TABLE objects_v2 (name TEXT PRIMARY KEY, uid TEXT NOT NULL,"
+            " rv INTEGER NOT NULL, body TEXT NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO objects_v2 SELECT name, uid, rv, body FROM objects;"
+            "DROP TABLE objects; ALTER TABLE objects_v2 RENAME TO objects;"
+            "UPDATE meta SET value = 2 WHERE key = 'schema';"
+        )
+    store = await open_file_store(tmp_path)
+    try:
+        assert {name: await store.get(name) for name in ("a", "b")} == before
+        obj = await store.get("a")
+        obj["status"] = {"phase": "changed"}
+        await store.update_status(obj)
+        await store.create(action("c"))
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert _sqlite.meta_value(conn, "schema") == _sqlite.SCHEMA_VERSION == 3
+        (table,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'objects'").fetchone()
+        assert "WITHOUT ROWID" not in table
+        rows = dict(conn.execute("SELECT name, body FROM objects").fetchall())
+    assert sorted(rows) == ["a", "b", "c"]
+    assert '"changed"' in rows["a"]
+
+
 # -- compaction -----------------------------------------------------------------------
 
 

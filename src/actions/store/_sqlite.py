@@ -28,7 +28,7 @@ from actions.store.errors import Gone, StoreUnavailable
 T = TypeVar("T")
 Synchronous = Literal["NORMAL", "FULL"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -39,12 +39,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', {schema}), ('rv', 0), 
 
 -- The objects, each as the JSON the API server would return: what a store loads into
 -- its in-memory index when it opens (labels and owners are indexed there).
-CREATE TABLE IF NOT EXISTS objects (
-    name TEXT PRIMARY KEY,
-    uid  TEXT NOT NULL,
-    rv   INTEGER NOT NULL,
-    body TEXT NOT NULL
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects {objects};
 
 -- The change log: one row per resourceVersion, in apply order. Followers (the index of
 -- every other process on the same file, and resuming watchers) read it; compaction drops
@@ -56,13 +51,38 @@ CREATE TABLE IF NOT EXISTS changes (
 );
 """
 
-# Version 1 also kept label and ownerReference index tables; the index lives in memory
-# now, so opening a version 1 file drops them (nothing else changed).
-_MIGRATE_FROM_1 = """
-DROP TABLE IF EXISTS labels;
-DROP TABLE IF EXISTS owners;
-UPDATE meta SET value = 2 WHERE key = 'schema';
-"""
+# A rowid table with a unique name, rewritten in place by an upsert. (Version 2 had a
+# WITHOUT ROWID table keyed by name: an object's JSON, 1-3 KB, is far over what such a
+# table stores well, SQLite's documentation suggesting rows under about a twentieth of a
+# page; each row spilled into overflow pages and every write rewrote them: 23.5 KiB of
+# WAL per one-object commit against 16.2, bench/sqlite_objects.py.)
+_OBJECTS = """(
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    uid  TEXT NOT NULL,
+    rv   INTEGER NOT NULL,
+    body TEXT NOT NULL
+)"""
+
+_UPSERT_OBJECT = (
+    "INSERT INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?) ON CONFLICT (name) "
+    "DO UPDATE SET uid = excluded.uid, rv = excluded.rv, body = excluded.body"
+)
+
+# Each step from version N to N + 1, run in one transaction that re-reads the version
+# first (two processes may open an old file at once; the second finds it done).
+_MIGRATIONS: dict[int, list[str]] = {
+    # Version 1 also kept label and ownerReference index tables; the index lives in
+    # memory now.
+    1: ["DROP TABLE IF EXISTS labels", "DROP TABLE IF EXISTS owners"],
+    # Version 2's objects table: see _OBJECTS.
+    2: [
+        f"CREATE TABLE objects_v3 {_OBJECTS}",
+        "INSERT INTO objects_v3 (name, uid, rv, body) SELECT name, uid, rv, body FROM objects",
+        "DROP TABLE objects",
+        "ALTER TABLE objects_v3 RENAME TO objects",
+    ],
+}
 
 
 class Connection:
@@ -128,9 +148,17 @@ def init_schema(conn: sqlite3.Connection) -> None:
     # IMMEDIATE: two processes opening a fresh directory at once must not both create it.
     # (executescript would commit an open transaction first, so BEGIN goes inside it.)
     try:
-        conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA.format(schema=SCHEMA_VERSION)}\nCOMMIT;")
-        if meta_value(conn, "schema") == 1:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATE_FROM_1}\nCOMMIT;")
+        schema = _SCHEMA.format(schema=SCHEMA_VERSION, objects=_OBJECTS)
+        conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+        for version, statements in sorted(_MIGRATIONS.items()):
+            if meta_value(conn, "schema") != version:
+                continue
+            conn.execute("BEGIN IMMEDIATE")
+            if meta_value(conn, "schema") == version:  # not done by another process
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (version + 1,))
+            conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
@@ -176,9 +204,7 @@ def append(conn: sqlite3.Connection, base_rv: int, changes: list[Change], retent
         if gone:
             conn.executemany("DELETE FROM objects WHERE name = ?", gone)
         if kept:
-            conn.executemany(
-                "INSERT OR REPLACE INTO objects (name, uid, rv, body) VALUES (?, ?, ?, ?)", kept
-            )
+            conn.executemany(_UPSERT_OBJECT, kept)
         rv = changes[-1].rv
         conn.execute("UPDATE meta SET value = ? WHERE key = 'rv'", (rv,))
         compacted = meta_value(conn, "compacted")
