@@ -83,6 +83,28 @@ def test_truncated_database_is_refused_as_corrupt(
     assert_one_line(lines, str(database), "corrupt")
 
 
+def test_a_file_from_a_newer_version_is_refused_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = tmp_path / "flyte.sqlite3"
+    with sqlite3.connect(database) as conn:
+        conn.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
+            "INSERT INTO meta VALUES ('schema', 99), ('rv', 7), ('compacted', 0);"
+        )
+    code, lines = serve(capsys, "--port", "0", "--data-dir", str(tmp_path))
+    assert code == 2
+    assert_one_line(lines, str(database), "unsupported store schema version 99")
+    with sqlite3.connect(database) as conn:
+        assert conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall() == [
+            ("compacted", 0),
+            ("rv", 7),
+            ("schema", 99),
+        ]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"meta"}  # nothing created in a file this version does not know
+
+
 def test_zero_byte_database_is_a_new_store(tmp_path: Path) -> None:
     """SQLite itself leaves a zero-byte file before the first write: accepted as new."""
     database = tmp_path / "flyte.sqlite3"

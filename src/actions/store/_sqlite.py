@@ -147,6 +147,11 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 def init_schema(conn: sqlite3.Connection) -> None:
     # IMMEDIATE: two processes opening a fresh directory at once must not both create it.
     # (executescript would commit an open transaction first, so BEGIN goes inside it.)
+    # A file from a newer version is refused before anything is created in it.
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
+            raise StoreUnavailable(f"unsupported store schema version {row[0]}")
     try:
         schema = _SCHEMA.format(schema=SCHEMA_VERSION, objects=_OBJECTS)
         conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
