@@ -22,7 +22,7 @@ the handler's task per call, and a lock per request):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import outcome
 import trio
@@ -31,6 +31,7 @@ from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.typing import AppWrapper, ASGIReceiveEvent, ASGISendEvent, Scope
 
 AppPut = Callable[[ASGIReceiveEvent], Awaitable[None]]
+W = TypeVar("W")
 
 
 class AppInbox:
@@ -64,17 +65,9 @@ class AppInbox:
             putter, event = self._putters.pop(0)
             trio.lowlevel.reschedule(putter)
             return event
-        task = trio.lowlevel.current_task()
-        takers = self._takers
-        if takers is None:
-            takers = self._takers = []
-        takers.append(task)
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            takers.remove(task)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        handed: ASGIReceiveEvent = await trio.lowlevel.wait_task_rescheduled(abort)
+        if self._takers is None:
+            self._takers = []
+        handed: ASGIReceiveEvent = await _park(self._takers, trio.lowlevel.current_task())
         return handed
 
     async def put(self, event: ASGIReceiveEvent) -> None:
@@ -83,17 +76,21 @@ class AppInbox:
         elif len(self._events) < self._limit:
             self._events.append(event)
         else:  # the app is not reading: wait, as hypercorn does
-            entry = (trio.lowlevel.current_task(), event)
-            putters = self._putters
-            if putters is None:
-                putters = self._putters = []
-            putters.append(entry)
+            if self._putters is None:
+                self._putters = []
+            await _park(self._putters, (trio.lowlevel.current_task(), event))
 
-            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                putters.remove(entry)
-                return trio.lowlevel.Abort.SUCCEEDED
 
-            await trio.lowlevel.wait_task_rescheduled(abort)
+async def _park(waiting: list[W], entry: W) -> Any:
+    """Wait as ``entry`` in ``waiting`` until rescheduled (with what the waker hands
+    over); a cancelled wait takes the entry out again."""
+    waiting.append(entry)
+
+    def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        waiting.remove(entry)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    return await trio.lowlevel.wait_task_rescheduled(abort)
 
 
 class RpcTaskGroup(TaskGroup):
