@@ -3,9 +3,9 @@
 A SQLite connection is used by one thread at a time anyway, so each gets its own thread
 rather than borrowing one from trio's pool per call: ``trio.to_thread.run_sync`` pays for
 a capacity limiter, a context copy and renaming the OS thread twice (two system calls) on
-every call, about 40 % more CPU per round trip than handing the call to a waiting thread
-(docs/benchmarks.md, fourth pass). The result comes back the same way trio's own does:
-``TrioToken.run_sync_soon`` reschedules the waiting task.
+every call: 100-110 µs of CPU per round trip on the benchmark machine against 67-89 for
+handing the call to a waiting thread (bench/thread_hop.py). The result comes back the
+way trio's own does: ``TrioToken.run_sync_soon`` reschedules the waiting task.
 
 Cancellation is trio's ``abandon_on_cancel=False``: a call its caller gave up on before the
 thread took it is dropped (it never runs, the caller sees Cancelled); one already running

@@ -103,7 +103,8 @@ class RpcMetrics:
     ) -> None:
         self.registry = CollectorRegistry() if registry is None else registry
         self._prefix = prefix
-        self._bounds = tuple(float(b) for b in buckets)
+        # +Inf is always the last bucket (a caller may list it, as for Histogram).
+        self._bounds = tuple(float(b) for b in buckets if float(b) != float("inf"))
         if list(self._bounds) != sorted(set(self._bounds)):
             raise ValueError("histogram buckets must be increasing")
         self._series: dict[tuple[str, str], _Series] = {}
