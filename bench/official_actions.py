@@ -34,6 +34,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import protovalidate
 from flyteidl2.actions import actions_service_pb2 as pb
 from flyteidl2.common import phase_pb2
 from flyteidl2.workflow import state_service_pb2
@@ -109,12 +110,11 @@ def check(request: Any) -> None:
     """The contract's INVALID_ARGUMENT for a request that breaks the IDL's rules."""
     if not VALIDATE:
         return
-    import protovalidate
-    from connectrpc.code import Code
-    from connectrpc.errors import ConnectError
-
     violations = protovalidate.collect_violations(request)
     if violations:
+        from connectrpc.code import Code
+        from connectrpc.errors import ConnectError
+
         first = violations[0].proto
         path = ".".join(e.field_name for e in first.field.elements)
         raise ConnectError(Code.INVALID_ARGUMENT, f"{path}: {first.message}")

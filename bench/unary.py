@@ -43,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support" / "gen"))
+sys.path.insert(0, str(ROOT / "bench"))
+import _layers  # noqa: E402 - after the path it is found on
 
 ECHO_PATH = "/testsvc.v1.TestService/Echo"
 
@@ -389,17 +391,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def start_profile(server: Server, directory: Path, name: str) -> subprocess.Popen[bytes]:
     """py-spy on the server's processes for the length of one run (warm-up included)."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     directory.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [
-            spy, "record", "--subprocesses", "--nonblocking", "--format", "raw", "-r", "250",
-            "-o", str(directory / f"{name}.txt"), "-p", str(server.proc.pid),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    return _layers.record(server.proc.pid, directory / f"{name}.txt")
 
 
 _BUCKETS = [
